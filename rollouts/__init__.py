@@ -1,0 +1,1 @@
+"""Closed-loop evaluation of planning policies: metrics over all start cells, episodes, rendering."""

@@ -1,0 +1,265 @@
+"""Datasets of labelled planning tasks: generate train/val/test splits, save and load them atomically, import
+the published GPPN layout.
+
+    python -m idp_envs.datasets --env IDP/GridMaze-15-v0 --train 10000 --val 2000 --test 2000 --out mazes15.npz
+    python -m idp_envs.datasets --from-gppn gppn_maze15.npz --out mazes15.npz
+
+A dataset is one compressed ``.npz`` file with arrays ``<split>/<name>`` (occupancy, goal, start, distances,
+optimal_actions, and ``<split>/extras/<name>`` for raw observations) and a JSON ``metadata`` entry (env id,
+shape, topology, seed, counts, format version). No map layout appears in two splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from idp_envs import grid
+from idp_envs.files import atomic_write
+from idp_envs.tasks import TaskBatch, label_tasks
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """A file that is not a readable IDP dataset (truncated, foreign, or of another format version)."""
+
+
+def layout_keys(occupancy: np.ndarray) -> np.ndarray:
+    """One hashable key per map layout: its cells packed to bytes, viewed as a single void scalar."""
+    packed = np.packbits(occupancy.reshape(len(occupancy), -1).astype(bool), axis=1)
+    return np.ascontiguousarray(packed).view(np.dtype((np.void, packed.shape[1]))).ravel()
+
+
+def generate_splits(
+    env_id: str,
+    counts: dict[str, int],
+    seed: int,
+    env_kwargs: dict | None = None,
+    chunk: int = 1000,
+    progress: bool = True,
+    max_chunks: int = 10_000,
+) -> tuple[dict[str, TaskBatch], dict]:
+    """Sample ``sum(counts)`` tasks with pairwise distinct layouts and cut them into the named splits.
+
+    Tasks come from the environment's own batched sampler, so any registered id works. Returns the splits and
+    their metadata.
+    """
+    import gymnasium as gym
+    from tqdm.auto import tqdm
+
+    if any(int(n) < 0 for n in counts.values()):
+        raise ValueError(f"split sizes must be non-negative, got {counts}")
+    env = gym.make(env_id, **(env_kwargs or {})).unwrapped
+    rng = np.random.default_rng(seed)
+    total = sum(int(n) for n in counts.values())
+    batches, seen = [], set()
+    kept = 0
+    with tqdm(total=total, desc=f"tasks for {env_id}", unit="task", disable=not progress) as bar:
+        for _ in range(max_chunks):
+            if kept >= total:
+                break
+            batch = env.sample_tasks(min(chunk, max(total - kept, 1) + 16), rng)
+            keys = layout_keys(batch.occupancy)
+            _, first = np.unique(keys, return_index=True)
+            new = np.array([i for i in np.sort(first) if keys[i].tobytes() not in seen], dtype=np.int64)
+            new = new[: total - kept]
+            seen.update(keys[i].tobytes() for i in new)
+            batches.append(batch.subset(new))
+            kept += len(new)
+            bar.update(len(new))
+        else:
+            raise ValueError(
+                f"could only find {kept} distinct layouts for {env_id} after {max_chunks} batches; "
+                f"ask for fewer than {total} tasks"
+            )
+    env.close()
+    everything = TaskBatch.concatenate(batches)
+    splits, offset = {}, 0
+    for name, n in counts.items():
+        splits[name] = everything.subset(slice(offset, offset + int(n)))
+        offset += int(n)
+    metadata = {
+        "env_id": env_id,
+        "env_kwargs": env_kwargs or {},
+        "shape": list(everything.occupancy.shape[1:]),
+        "topology": everything.topology,
+        "seed": seed,
+        "counts": {k: int(v) for k, v in counts.items()},
+    }
+    return splits, metadata
+
+
+def save_dataset(path: str | os.PathLike, splits: dict[str, TaskBatch], metadata: dict) -> Path:
+    """Write the splits to one compressed file, atomically: a crash never leaves a partial file at ``path``."""
+    path = Path(path)
+    arrays = {}
+    for name, batch in splits.items():
+        if "/" in name:
+            raise ValueError(f"split names cannot contain '/', got {name!r}")
+        for key in TaskBatch.ARRAYS:
+            arrays[f"{name}/{key}"] = getattr(batch, key)
+        for key, value in batch.extras.items():
+            arrays[f"{name}/extras/{key}"] = value
+    meta = dict(metadata, format_version=FORMAT_VERSION, splits=list(splits))
+    meta.setdefault("topology", next(iter(splits.values())).topology if splits else "plane")
+    arrays["metadata"] = np.array(json.dumps(meta))
+    with atomic_write(path) as f:
+        np.savez_compressed(f, **arrays)
+    return path
+
+
+def load_dataset(path: str | os.PathLike) -> tuple[dict[str, TaskBatch], dict]:
+    """Read every split of a dataset file written by `save_dataset`; clear `DatasetError` on a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no dataset file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "metadata" not in data.files:
+                raise DatasetError(f"{path} is not an IDP dataset (no metadata entry); for GPPN files use --from-gppn")
+            meta = json.loads(str(data["metadata"]))
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise DatasetError(
+                    f"{path} has dataset format version {meta.get('format_version')}, this library reads "
+                    f"{FORMAT_VERSION}"
+                )
+            splits = {}
+            for name in meta["splits"]:
+                arrays = [data[f"{name}/{key}"] for key in TaskBatch.ARRAYS]
+                prefix = f"{name}/extras/"
+                extras = {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
+                splits[name] = TaskBatch(*arrays, topology=meta["topology"], extras=extras)
+    except DatasetError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path} is truncated or not an IDP dataset: {exc}") from exc
+    for name, batch in splits.items():
+        n = len(batch)
+        if any(len(getattr(batch, k)) != n for k in TaskBatch.ARRAYS):
+            raise DatasetError(f"{path}: arrays of split {name!r} have different lengths")
+    return splits, meta
+
+
+def import_gppn(path: str | os.PathLike, seed: int = 0) -> tuple[dict[str, TaskBatch], dict]:
+    """Read a dataset in the published GPPN layout and relabel it with this library's conventions.
+
+    ``arr_0``..``arr_8`` hold (maze, goal map, one-hot optimal policy) for train, valid and test; mazes use
+    1 = free, goal maps are (N, 1, H, W) and policies (N, 4, 1, H, W) in the action order N, W, S, E. Labels are
+    recomputed by BFS and checked against the file's policy (a disagreement raises `DatasetError`: a different
+    action order or orientation). GPPN stores no start cell: one is drawn per task with ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            raw = [data[f"arr_{i}"] for i in range(9)]
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
+        raise DatasetError(f"{path} is not a GPPN dataset (expected arrays arr_0..arr_8): {exc}") from exc
+    splits = {}
+    for k, name in enumerate(SPLITS):
+        maze, goal_map, policy = raw[3 * k : 3 * k + 3]
+        n = len(maze)
+        if maze.ndim != 3 or goal_map.shape != (n, 1, *maze.shape[1:]) or policy.shape != (n, 4, 1, *maze.shape[1:]):
+            raise DatasetError(
+                f"{path}: split {name} has shapes maze {maze.shape}, goal {goal_map.shape}, policy {policy.shape}; "
+                "expected (N, H, W), (N, 1, H, W), (N, 4, 1, H, W)"
+            )
+        occupancy = (np.asarray(maze) == 0).astype(np.uint8)
+        flat_goal = goal_map[:, 0].reshape(n, -1)
+        if not np.all(flat_goal.sum(axis=1) == 1):
+            raise DatasetError(f"{path}: split {name} has goal maps that are not one-hot")
+        idx = flat_goal.argmax(axis=1)
+        goal = np.stack([idx // maze.shape[2], idx % maze.shape[2]], axis=1)
+        if occupancy[np.arange(n), goal[:, 0], goal[:, 1]].any():
+            raise DatasetError(f"{path}: split {name} has goals inside obstacles (is 1 = free in its mazes?)")
+        distances = grid.bfs_distances(occupancy, goal)
+        start = grid.sample_free_cells(distances > 0, rng)
+        batch = label_tasks(occupancy, goal, start)
+        theirs = policy[:, :, 0].astype(bool)
+        labelled = theirs.sum(axis=1) == 1
+        check = labelled & batch.optimal_actions.any(axis=1)
+        chosen = theirs.argmax(axis=1)
+        ours_ok = np.take_along_axis(batch.optimal_actions, chosen[:, None], axis=1)[:, 0]
+        bad = int((check & ~ours_ok).sum())
+        if bad:
+            raise DatasetError(
+                f"{path}: split {name}: the file's policy takes a non-shortest-path action at {bad} of "
+                f"{int(check.sum())} cells; its action order is not N, W, S, E or its mazes use another convention"
+            )
+        splits[name] = batch
+    metadata = {
+        "env_id": None,
+        "source": f"gppn:{Path(path).name}",
+        "shape": list(splits["train"].occupancy.shape[1:]),
+        "topology": "plane",
+        "seed": seed,
+        "counts": {k: len(v) for k, v in splits.items()},
+    }
+    return splits, metadata
+
+
+def task_tensors(batch: TaskBatch, device=None) -> dict:
+    """The arrays of a `TaskBatch` as torch tensors; ``maps`` is the planners' (N, 2, H, W) float input."""
+    import torch
+
+    maps = np.zeros((len(batch), 2, *batch.occupancy.shape[1:]), dtype=np.float32)
+    maps[:, 0] = batch.occupancy
+    maps[np.arange(len(batch)), 1, batch.goal[:, 0], batch.goal[:, 1]] = 1.0
+    out = {
+        "maps": torch.from_numpy(maps),
+        "optimal_actions": torch.from_numpy(batch.optimal_actions),
+        "distances": torch.from_numpy(batch.distances.astype(np.int64)),
+        "goal": torch.from_numpy(batch.goal),
+        "start": torch.from_numpy(batch.start),
+    }
+    out.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.extras.items()})
+    return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+
+def torch_dataset(batch: TaskBatch):
+    """A `torch.utils.data.Dataset` over a split: item i is a dict of tensors (see `task_tensors`)."""
+    from torch.utils.data import Dataset
+
+    tensors = task_tensors(batch)
+
+    class PlanningDataset(Dataset):
+        def __len__(self):
+            return len(batch)
+
+        def __getitem__(self, i):
+            return {k: v[i] for k, v in tensors.items()}
+
+    return PlanningDataset()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m idp_envs.datasets", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", default="IDP/GridMaze-15-v0", help="registered environment id")
+    parser.add_argument("--train", type=int, default=10000)
+    parser.add_argument("--val", type=int, default=2000)
+    parser.add_argument("--test", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output .npz path")
+    parser.add_argument("--from-gppn", metavar="FILE", help="convert a dataset in the GPPN layout instead")
+    args = parser.parse_args(argv)
+
+    from idp_envs import resolve_env_id
+
+    if args.from_gppn:
+        splits, meta = import_gppn(args.from_gppn, seed=args.seed)
+    else:
+        env_id = resolve_env_id(args.env)
+        splits, meta = generate_splits(env_id, {"train": args.train, "val": args.val, "test": args.test}, args.seed)
+    path = save_dataset(args.out, splits, meta)
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+    print(f"wrote {path} ({sizes}; {path.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

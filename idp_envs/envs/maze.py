@@ -1,0 +1,21 @@
+"""GridMaze: 2D navigation in random mazes, the benchmark of VIN, GPPN and the implicit-planning paper."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from idp_envs.envs.base import GridPlanningEnv
+from idp_envs.tasks import TaskBatch, sample_maze_tasks
+
+
+class GridMazeEnv(GridPlanningEnv):
+    """Reach the goal in a random ``size`` x ``size`` maze (odd size; depth-first carve, walls opened at random)."""
+
+    def __init__(self, size: int = 15, render_mode: str | None = None, max_steps: int | None = None):
+        if not isinstance(size, (int, np.integer)) or size < 5 or size % 2 == 0:
+            raise ValueError(f"maze size must be an odd integer >= 5, got {size!r}")
+        self.size = int(size)
+        super().__init__((self.size, self.size), "plane", render_mode, max_steps)
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> TaskBatch:
+        return sample_maze_tasks(n, self.size, rng)

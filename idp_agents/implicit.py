@@ -1,0 +1,196 @@
+"""The fixed-point layer z* = f(z*): unrolled (K steps under autograd) or implicit (solve, then IFT backward).
+
+``solve_fixed_point`` knows nothing about the model inside ``f``: it only needs a closure ``z -> step(z, ctx)``
+whose parameters (and ctx) receive gradients through the returned tensor.
+
+In implicit mode the forward solve runs under ``no_grad``; then f is applied once more, ``fz = f(z*)``, so that
+train and eval return the same value and the output carries a graph to the parameters. A hook on the output
+turns the incoming gradient g into the solution of w = J^T w + g (J = df/dz at z*), found by the backward solver
+from vector-Jacobian products only, before autograd carries w on through f's graph to the parameters.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from idp_agents.solvers import SOLVERS, SolverInfo, get_solver
+
+__all__ = ["FixedPointConfig", "FixedPointInfo", "jacobian_frobenius_estimate", "solve_fixed_point"]
+
+MODES = ("unrolled", "implicit")
+GRADIENTS = ("implicit", "phantom")
+DIVERGENCE_POLICIES = ("raise", "warn")
+
+
+@dataclass
+class FixedPointConfig:
+    """How the fixed point is reached and differentiated (the paper's defaults for implicit planners).
+
+    ``phantom_damping`` is the damping lambda of the phantom gradient's steps z <- z + lambda (f(z) - z)
+    (Geng et al., 2021); 1.0 with one step is the one-step (Jacobian-free) gradient.
+    """
+
+    mode: str = "implicit"
+    k_fwd: int = 30
+    solver_fwd: str = "anderson"
+    tol_fwd: float | None = None
+    k_bwd: int = 15
+    solver_bwd: str = "anderson"
+    tol_bwd: float | None = None
+    gradient: str = "implicit"
+    phantom_steps: int = 1
+    phantom_damping: float = 0.5
+    jac_reg_weight: float = 0.0
+    jac_reg_every: int = 1
+    on_divergence: str = "raise"
+
+    def __post_init__(self) -> None:
+        self.validate()
+        self._training_calls = 0
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid setting."""
+        choices = {
+            "mode": (self.mode, MODES),
+            "solver_fwd": (self.solver_fwd, tuple(SOLVERS)),
+            "solver_bwd": (self.solver_bwd, tuple(SOLVERS)),
+            "gradient": (self.gradient, GRADIENTS),
+            "on_divergence": (self.on_divergence, DIVERGENCE_POLICIES),
+        }
+        for name, (value, valid) in choices.items():
+            if value not in valid:
+                raise ValueError(f"FixedPointConfig.{name}={value!r} is not one of {', '.join(valid)}")
+        for name in ("k_fwd", "k_bwd", "phantom_steps", "jac_reg_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"FixedPointConfig.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("tol_fwd", "tol_bwd"):
+            tol = getattr(self, name)
+            if tol is not None and tol < 0:
+                raise ValueError(f"FixedPointConfig.{name} must be non-negative or None, got {tol}")
+        if self.jac_reg_weight < 0:
+            raise ValueError(f"FixedPointConfig.jac_reg_weight must be non-negative, got {self.jac_reg_weight}")
+        if not 0 < self.phantom_damping <= 1:
+            raise ValueError(f"FixedPointConfig.phantom_damping must lie in (0, 1], got {self.phantom_damping}")
+
+
+@dataclass
+class FixedPointInfo:
+    """Diagnostics of one fixed-point layer call; ``backward`` fills in once ``loss.backward()`` ran."""
+
+    forward: SolverInfo | None
+    jac_loss: Tensor | None
+    backward: list[SolverInfo] = field(default_factory=list)
+
+
+def jacobian_frobenius_estimate(fz: Tensor, z: Tensor) -> Tensor:
+    """Hutchinson estimate of ||df/dz||_F^2 / numel per sample, averaged over the batch; differentiable.
+
+    Uses one Rademacher probe eps: E ||eps^T J||^2 = ||J||_F^2. ``z`` must require grad and ``fz`` depend on it.
+    """
+    probe = torch.randint(0, 2, fz.shape, device=fz.device).to(fz.dtype).mul_(2).sub_(1)
+    (vjp,) = torch.autograd.grad(fz, z, probe, create_graph=True)
+    per_sample = vjp.pow(2).flatten(1).sum(dim=1) / vjp[0].numel()
+    return per_sample.mean()
+
+
+def _check_divergence(info: SolverInfo, what: str, solver: str, policy: str) -> None:
+    diverged = info.diverged
+    if not bool(diverged.any()):
+        return
+    worst = info.residuals[:, diverged].abs().nan_to_num(nan=float("inf")).max().item()
+    message = (
+        f"{what} solver {solver!r} diverged for {int(diverged.sum())} of {diverged.numel()} samples "
+        f"(relative residual up to {worst:.3g} within {info.iterations} iterations)"
+    )
+    if policy == "raise":
+        raise FloatingPointError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _jac_loss_due(config: FixedPointConfig) -> bool:
+    """Count a training call; True when this one should compute the Jacobian regulariser."""
+    if config.jac_reg_weight == 0:
+        return False
+    due = config._training_calls % config.jac_reg_every == 0
+    config._training_calls += 1
+    return due
+
+
+def _attach_implicit_backward(fz: Tensor, z_star: Tensor, config: FixedPointConfig, info: FixedPointInfo) -> Tensor:
+    """Return a view of fz whose incoming gradient g is replaced by the solution of w = J^T w + g.
+
+    The hook sits on a view downstream of fz, so the solver's own vector-Jacobian products (rooted at fz) never
+    reach it: it fires exactly once per backward pass, and again, correctly, on a second retain_graph pass.
+    The view also keeps the hook's closure (which holds fz) out of a reference cycle with fz.
+    """
+    solver = get_solver(config.solver_bwd)
+
+    def implicit_gradient(grad: Tensor | None) -> Tensor | None:
+        if grad is None:
+            return None
+
+        def backward_step(w: Tensor) -> Tensor:
+            return torch.autograd.grad(fz, z_star, w, retain_graph=True)[0] + grad
+
+        w, solver_info = solver(backward_step, grad, config.k_bwd, config.tol_bwd)
+        info.backward.append(solver_info)
+        _check_divergence(solver_info, "backward", config.solver_bwd, config.on_divergence)
+        return w
+
+    out = fz.view_as(fz)
+    out.register_hook(implicit_gradient)
+    return out
+
+
+def _damped_steps(f: Callable[[Tensor], Tensor], z: Tensor, fz: Tensor, config: FixedPointConfig) -> Tensor:
+    """The phantom gradient's steps z <- z + lambda (f(z) - z), starting from z* with f(z*) already computed."""
+    damping = config.phantom_damping
+    z = z + damping * (fz - z)
+    for _ in range(config.phantom_steps - 1):
+        z = z + damping * (f(z) - z)
+    return z
+
+
+def solve_fixed_point(
+    f: Callable[[Tensor], Tensor], z0: Tensor, config: FixedPointConfig
+) -> tuple[Tensor, FixedPointInfo]:
+    """Find z = f(z) from z0 as ``config`` says; gradients reach whatever f closes over through the output.
+
+    Unrolled: k_fwd applications of f under autograd. Implicit: the forward solver under no_grad, then one
+    application of f with autograd and either the IFT backward hook or the phantom gradient's damped steps.
+    """
+    config.validate()
+    training = torch.is_grad_enabled()
+    jac_due = training and _jac_loss_due(config)
+    if config.mode == "unrolled":
+        z = z0
+        for _ in range(config.k_fwd):
+            z = f(z)
+        jac_loss = None
+        if jac_due:
+            z_in = z.detach().requires_grad_()
+            jac_loss = config.jac_reg_weight * jacobian_frobenius_estimate(f(z_in), z_in)
+        return z, FixedPointInfo(forward=None, jac_loss=jac_loss)
+
+    with torch.no_grad():
+        z_star, forward_info = get_solver(config.solver_fwd)(f, z0.detach(), config.k_fwd, config.tol_fwd)
+    _check_divergence(forward_info, "forward", config.solver_fwd, config.on_divergence)
+    info = FixedPointInfo(forward=forward_info, jac_loss=None)
+    if not training:
+        fz = f(z_star)
+        return (fz if config.gradient == "implicit" else _damped_steps(f, z_star, fz, config)), info
+
+    z_star = z_star.requires_grad_(config.gradient == "implicit" or jac_due)
+    fz = f(z_star)
+    if jac_due:
+        info.jac_loss = config.jac_reg_weight * jacobian_frobenius_estimate(fz, z_star)
+    if config.gradient == "phantom":
+        return _damped_steps(f, z_star, fz, config), info
+    if not fz.requires_grad:
+        return fz, info
+    return _attach_implicit_backward(fz, z_star, config, info), info

@@ -1,0 +1,266 @@
+"""Batched fixed-point solvers for z = f(z): forward iteration, Anderson acceleration and Broyden's method.
+
+Every solver is a plain function ``solver(f, z0, max_iter, tol, ...) -> (z, info)`` (torchdeq style). ``f`` maps a
+tensor of shape (B, ...) to the same shape; solvers flatten each sample internally, work on any device and
+floating dtype, and build no autograd graph. An iteration is one evaluation of ``f``.
+
+Convergence is measured every ``check_every`` iterations and at the last one, by the relative residual
+``||f(z) - z|| / (||f(z)|| + 1e-12)`` of the iterate ``z`` at which ``f`` was evaluated. Only when ``tol`` is set is
+that residual read on the host (one sync per check, to stop early); with ``tol=None`` the full budget runs without
+any device-to-host synchronisation. Each solver returns, per sample, the checked iterate with the lowest residual,
+so a solver that degrades (Anderson or Broyden overshooting, a step producing NaN) still returns its best point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["SOLVERS", "SolverInfo", "anderson", "broyden", "forward_iteration", "get_solver"]
+
+RESIDUAL_EPS = 1e-12
+EXPLOSION_FACTOR = 1e3
+EXPLOSION_LIMIT = 1e6
+
+
+@dataclass
+class SolverInfo:
+    """What a solve did: iterations run, per-check residuals, and which samples converged or diverged.
+
+    ``residuals`` has one row per convergence check; its last row is the residual of the returned iterate (the
+    best one seen), which equals the last check's residual unless the solver degraded.
+    """
+
+    iterations: int
+    residuals: Tensor
+    converged: Tensor
+    diverged: Tensor
+
+    @property
+    def final_residual(self) -> Tensor:
+        """(B,) relative residual of the returned iterate."""
+        return self.residuals[-1]
+
+
+class _ConvergenceMonitor:
+    """Records residuals at checks, keeps the best iterate per sample and flags divergence, without host syncs."""
+
+    def __init__(self, x0: Tensor, max_iter: int, tol: float | None, check_every: int) -> None:
+        self.max_iter = max_iter
+        self.tol = tol
+        self.check_every = check_every
+        batch = x0.shape[0]
+        self.best = x0
+        self.best_residual = x0.new_full((batch,), float("inf"))
+        self.diverged = torch.zeros(batch, dtype=torch.bool, device=x0.device)
+        self.reference: Tensor | None = None
+        self.residuals: list[Tensor] = []
+        self.iterations = 0
+
+    def observe(self, iteration: int, x: Tensor, fx: Tensor) -> bool:
+        """Take note of f(x) at 1-based ``iteration``; True when every sample has converged or diverged."""
+        self.iterations = iteration
+        if iteration % self.check_every != 0 and iteration != self.max_iter:
+            return False
+        absolute = torch.linalg.vector_norm(fx - x, dim=1)
+        f_norm = torch.linalg.vector_norm(fx, dim=1)
+        relative = absolute / (f_norm + RESIDUAL_EPS)
+        if self.reference is None:
+            # Explosion is judged on the absolute residual: the relative one saturates near 1 when iterates grow.
+            # The floor keeps round-off from counting as explosion when z0 is already a fixed point.
+            eps = torch.finfo(x.dtype).eps
+            self.reference = absolute + eps * f_norm + torch.finfo(x.dtype).tiny
+        exploded = (absolute > EXPLOSION_FACTOR * self.reference) | (relative > EXPLOSION_LIMIT)
+        self.diverged |= ~torch.isfinite(relative) | exploded
+        improved = relative < self.best_residual
+        self.best = torch.where(improved[:, None], x, self.best)
+        self.best_residual = torch.where(improved, relative, self.best_residual)
+        self.residuals.append(relative)
+        if self.tol is None:
+            return False
+        return bool(((self.best_residual <= self.tol) | self.diverged).all())
+
+    def result(self, shape: torch.Size) -> tuple[Tensor, SolverInfo]:
+        residuals = torch.stack(self.residuals)
+        residuals[-1] = torch.minimum(residuals[-1], self.best_residual)
+        if self.tol is None:
+            converged = torch.zeros_like(self.diverged)
+        else:
+            converged = self.best_residual <= self.tol
+        info = SolverInfo(self.iterations, residuals, converged, self.diverged)
+        return self.best.reshape(shape), info
+
+
+def _validate(z0: Tensor, max_iter: int, tol: float | None, check_every: int) -> None:
+    if z0.dim() < 1 or z0.shape[0] == 0:
+        raise ValueError(f"z0 must have a non-empty batch dimension first, got shape {tuple(z0.shape)}")
+    if not z0.is_floating_point():
+        raise ValueError(f"z0 must be a floating-point tensor, got dtype {z0.dtype}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
+    if check_every < 1:
+        raise ValueError(f"check_every must be at least 1, got {check_every}")
+    if tol is not None and tol < 0:
+        raise ValueError(f"tol must be non-negative or None, got {tol}")
+
+
+def _flat(f: Callable[[Tensor], Tensor], z0: Tensor) -> Callable[[Tensor], Tensor]:
+    """Wrap f to act on (B, n) flattened samples, checking that it preserves the state's shape."""
+    shape = z0.shape
+
+    def f_flat(x: Tensor) -> Tensor:
+        fz = f(x.reshape(shape))
+        if fz.shape != shape:
+            raise ValueError(f"f must return the shape of its input {tuple(shape)}, got {tuple(fz.shape)}")
+        return fz.reshape(shape[0], -1)
+
+    return f_flat
+
+
+@torch.no_grad()
+def forward_iteration(
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    max_iter: int,
+    tol: float | None = None,
+    check_every: int = 5,
+) -> tuple[Tensor, SolverInfo]:
+    """Plain iteration z <- f(z); returns the best checked iterate (z after max_iter - 1 steps when none degrade)."""
+    _validate(z0, max_iter, tol, check_every)
+    f_flat = _flat(f, z0)
+    x = z0.reshape(z0.shape[0], -1)
+    monitor = _ConvergenceMonitor(x, max_iter, tol, check_every)
+    for iteration in range(1, max_iter + 1):
+        fx = f_flat(x)
+        if monitor.observe(iteration, x, fx):
+            break
+        x = fx
+    return monitor.result(z0.shape)
+
+
+@torch.no_grad()
+def anderson(
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    max_iter: int,
+    tol: float | None = None,
+    m: int = 5,
+    lam: float = 1e-4,
+    beta: float = 1.0,
+    check_every: int = 5,
+) -> tuple[Tensor, SolverInfo]:
+    """Anderson acceleration with memory ``m``, mixing ``beta`` and Tikhonov regularisation ``lam``.
+
+    Each step solves, per sample, the bordered (n+1)x(n+1) system for the weights alpha (sum 1) minimising
+    ||G alpha||^2 + reg ||alpha||^2 over the last n <= m residuals G = F - X. The regularisation is
+    ``lam`` times the mean squared residual norm in the history, so it is independent of the state's scale.
+    """
+    _validate(z0, max_iter, tol, check_every)
+    if m < 1:
+        raise ValueError(f"Anderson memory m must be at least 1, got {m}")
+    if lam < 0:
+        raise ValueError(f"Anderson regularisation lam must be non-negative, got {lam}")
+    if not 0 < beta <= 1:
+        raise ValueError(f"Anderson mixing beta must lie in (0, 1], got {beta}")
+    f_flat = _flat(f, z0)
+    batch = z0.shape[0]
+    x = z0.reshape(batch, -1)
+    history_x = x.new_zeros(batch, m, x.shape[1])
+    history_f = x.new_zeros(batch, m, x.shape[1])
+    bordered = x.new_zeros(batch, m + 1, m + 1)
+    bordered[:, 0, 1:] = 1
+    bordered[:, 1:, 0] = 1
+    rhs = x.new_zeros(batch, m + 1, 1)
+    rhs[:, 0] = 1
+    tiny = torch.finfo(x.dtype).tiny ** 0.5
+    monitor = _ConvergenceMonitor(x, max_iter, tol, check_every)
+    for iteration in range(1, max_iter + 1):
+        fx = f_flat(x)
+        slot = (iteration - 1) % m
+        history_x[:, slot] = x
+        history_f[:, slot] = fx
+        if monitor.observe(iteration, x, fx) or iteration == max_iter:
+            break
+        n = min(iteration, m)
+        xs, fs = history_x[:, :n], history_f[:, :n]
+        g = fs - xs
+        gram = torch.bmm(g, g.transpose(1, 2))
+        reg = lam * torch.diagonal(gram, dim1=1, dim2=2).mean(dim=1) + tiny
+        system = bordered[:, : n + 1, : n + 1].clone()
+        system[:, 1:, 1:] = gram + reg[:, None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
+        alpha = torch.linalg.solve_ex(system, rhs[:, : n + 1])[0][:, 1:, 0]
+        x = torch.einsum("bk,bkn->bn", alpha, fs)
+        if beta != 1.0:
+            x = beta * x + (1 - beta) * torch.einsum("bk,bkn->bn", alpha, xs)
+    return monitor.result(z0.shape)
+
+
+@torch.no_grad()
+def broyden(
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    max_iter: int,
+    tol: float | None = None,
+    check_every: int = 5,
+) -> tuple[Tensor, SolverInfo]:
+    """Broyden's ("good") method on g(z) = f(z) - z with a low-rank inverse Jacobian -I + U^T V.
+
+    The rank-one updates (Sherman-Morrison form) live in buffers preallocated for the whole budget; a sample whose
+    update is degenerate (s^T B y ~ 0) skips it. Steps are full Newton-like steps without line search.
+    """
+    _validate(z0, max_iter, tol, check_every)
+    f_flat = _flat(f, z0)
+    batch = z0.shape[0]
+    x = z0.reshape(batch, -1)
+    rank = max(max_iter - 1, 1)
+    us = x.new_zeros(batch, rank, x.shape[1])
+    vts = x.new_zeros(batch, rank, x.shape[1])
+    tiny = torch.finfo(x.dtype).tiny ** 0.5
+    monitor = _ConvergenceMonitor(x, max_iter, tol, check_every)
+
+    def inverse_jacobian_times(v: Tensor, r: int) -> Tensor:
+        return -v + torch.einsum("bk,bkn->bn", torch.einsum("bkn,bn->bk", vts[:, :r], v), us[:, :r])
+
+    def times_inverse_jacobian(v: Tensor, r: int) -> Tensor:
+        return -v + torch.einsum("bk,bkn->bn", torch.einsum("bkn,bn->bk", us[:, :r], v), vts[:, :r])
+
+    fx = f_flat(x)
+    gx = fx - x
+    if monitor.observe(1, x, fx):
+        return monitor.result(z0.shape)
+    for iteration in range(2, max_iter + 1):
+        r = iteration - 2
+        step = -inverse_jacobian_times(gx, r)
+        x_new = x + step
+        fx_new = f_flat(x_new)
+        gx_new = fx_new - x_new
+        if monitor.observe(iteration, x_new, fx_new) or iteration == max_iter:
+            break
+        dg = gx_new - gx
+        vt = times_inverse_jacobian(step, r)
+        denominator = (vt * dg).sum(dim=1)
+        usable = denominator.abs() > tiny
+        safe = torch.where(usable, denominator, torch.ones_like(denominator))
+        u = (step - inverse_jacobian_times(dg, r)) / safe[:, None]
+        us[:, r] = torch.where(usable[:, None], u, 0.0)
+        vts[:, r] = torch.where(usable[:, None], vt, 0.0)
+        x, gx = x_new, gx_new
+    return monitor.result(z0.shape)
+
+
+SOLVERS: dict[str, Callable[..., tuple[Tensor, SolverInfo]]] = {
+    "forward": forward_iteration,
+    "anderson": anderson,
+    "broyden": broyden,
+}
+
+
+def get_solver(name: str) -> Callable[..., tuple[Tensor, SolverInfo]]:
+    """The solver registered under ``name``."""
+    try:
+        return SOLVERS[name]
+    except KeyError:
+        raise ValueError(f"unknown solver {name!r}; valid solvers: {', '.join(sorted(SOLVERS))}") from None

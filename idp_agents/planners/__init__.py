@@ -1,0 +1,80 @@
+"""Planners by name: VIN, ConvGPPN and SymVIN, each unrolled ("vin") or implicit ("id-vin")."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from idp_agents.implicit import FixedPointConfig
+from idp_agents.planners.base import BellmanStep, Planner, PlannerOutput
+from idp_agents.planners.convgppn import ConvGPPNStep
+from idp_agents.planners.symvin import SteerableConv, SymVINStep
+from idp_agents.planners.vin import VINStep
+
+
+@dataclass(frozen=True)
+class PlannerSpec:
+    """A registered planner: its Bellman step and how its fixed point is reached and differentiated."""
+
+    step: type[BellmanStep]
+    mode: str
+
+
+PLANNERS: dict[str, PlannerSpec] = {
+    "vin": PlannerSpec(VINStep, "unrolled"),
+    "id-vin": PlannerSpec(VINStep, "implicit"),
+    "convgppn": PlannerSpec(ConvGPPNStep, "unrolled"),
+    "id-convgppn": PlannerSpec(ConvGPPNStep, "implicit"),
+    "symvin": PlannerSpec(SymVINStep, "unrolled"),
+    "id-symvin": PlannerSpec(SymVINStep, "implicit"),
+}
+
+FIXED_POINT_KEYS = tuple(f.name for f in dataclasses.fields(FixedPointConfig) if f.name != "mode")
+
+
+def step_hyperparameters(step: type[BellmanStep]) -> tuple[str, ...]:
+    """The keyword hyperparameters a step class accepts, besides `topology`."""
+    params = inspect.signature(step.__init__).parameters
+    return tuple(p for p in params if p not in ("self", "topology"))
+
+
+def make_planner(
+    name: str, *, topology: str = "plane", fixed_point: FixedPointConfig | None = None, **hyper: Any
+) -> Planner:
+    """Build a registered planner; the "id-" prefix selects the implicit fixed point, otherwise it is unrolled.
+
+    Fixed-point settings (k_fwd, k_bwd, solver_fwd, solver_bwd, tol_fwd, tol_bwd, gradient, jac_reg_weight, ...)
+    may be passed flat and override `fixed_point`; every other keyword is a hyperparameter of the step.
+    """
+    if name not in PLANNERS:
+        raise ValueError(f"unknown planner {name!r}; valid names: {sorted(PLANNERS)}")
+    spec = PLANNERS[name]
+    fp_overrides = {k: hyper.pop(k) for k in FIXED_POINT_KEYS if k in hyper}
+    if "mode" in hyper:
+        raise ValueError(f"mode is set by the planner name ({name!r} is {spec.mode}); pick 'x' or 'id-x' instead")
+    valid = step_hyperparameters(spec.step)
+    unknown = sorted(set(hyper) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameters {unknown} for {name!r}; step hyperparameters: {list(valid)}, "
+            f"fixed-point settings: {list(FIXED_POINT_KEYS)}"
+        )
+    config = dataclasses.replace(fixed_point or FixedPointConfig(), mode=spec.mode, **fp_overrides)
+    return Planner(spec.step(topology=topology, **hyper), config)
+
+
+__all__ = [
+    "PLANNERS",
+    "BellmanStep",
+    "ConvGPPNStep",
+    "Planner",
+    "PlannerOutput",
+    "PlannerSpec",
+    "SteerableConv",
+    "SymVINStep",
+    "VINStep",
+    "make_planner",
+    "step_hyperparameters",
+]

@@ -1,0 +1,123 @@
+"""A planner is an encoder, one weight-tied Bellman step solved to its fixed point, and a policy head."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from idp_agents.implicit import FixedPointConfig, FixedPointInfo, solve_fixed_point
+
+TOPOLOGIES = ("plane", "torus")
+
+
+def check_topology(topology: str) -> str:
+    """Return `topology` if it is a known grid topology, else raise a ValueError naming the valid ones."""
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
+    return topology
+
+
+def check_odd_kernel(kernel: int, name: str = "kernel") -> int:
+    """Return `kernel` if it is a positive odd int (a 'same' convolution needs a centre), else raise."""
+    if not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"{name} must be a positive odd int, got {kernel!r}")
+    return kernel
+
+
+def check_positive(value: int, name: str) -> int:
+    """Return `value` if it is a positive int, else raise a ValueError naming the hyperparameter."""
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def same_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, topology: str) -> Tensor:
+    """Convolution keeping H x W: zero padding on the plane, circular (wrap-around) padding on the torus."""
+    pad = weight.shape[-1] // 2
+    if topology == "torus" and pad > 0:
+        return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="circular"), weight, bias)
+    return F.conv2d(x, weight, bias, padding=pad)
+
+
+def same_conv_module(in_channels: int, out_channels: int, kernel: int, topology: str, bias: bool = True) -> nn.Conv2d:
+    """An nn.Conv2d keeping H x W, padded with zeros on the plane and circularly on the torus."""
+    padding_mode = "circular" if topology == "torus" else "zeros"
+    return nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, padding_mode=padding_mode, bias=bias)
+
+
+class BellmanStep(nn.Module, ABC):
+    """One weight-tied Bellman step f(z, ctx) with its encoder and policy head."""
+
+    def __init__(self, topology: str = "plane") -> None:
+        super().__init__()
+        self.topology = check_topology(topology)
+
+    def conv(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """A 'same' convolution padded according to this step's topology."""
+        return same_conv2d(x, weight, bias, self.topology)
+
+    @abstractmethod
+    def encode(self, maps: Tensor) -> Any:
+        """Features computed once per forward from maps (B, 2, H, W): [obstacles (1 = obstacle), goal one-hot]."""
+
+    @abstractmethod
+    def initial_state(self, ctx: Any) -> Tensor:
+        """Zeros of the state's shape, the start of the fixed-point solve."""
+
+    @abstractmethod
+    def forward(self, z: Tensor, ctx: Any) -> Tensor:
+        """One Bellman step; returns a tensor of the same shape as z."""
+
+    @abstractmethod
+    def head(self, z: Tensor, ctx: Any) -> Tensor:
+        """Action logits (B, 4, H, W) in the order N, W, S, E."""
+
+    @abstractmethod
+    def value_map(self, z: Tensor) -> Tensor:
+        """A (B, H, W) value map for display."""
+
+
+@dataclass
+class PlannerOutput:
+    """Logits for every cell, the value map, and the fixed-point solver's diagnostics."""
+
+    logits: Tensor
+    value: Tensor
+    info: FixedPointInfo
+
+
+def check_maps(maps: Any) -> Tensor:
+    """Return `maps` if it is a floating tensor of shape (B, 2, H, W), else raise a ValueError saying why."""
+    if not isinstance(maps, Tensor):
+        raise ValueError(f"maps must be a torch.Tensor of shape (B, 2, H, W), got {type(maps).__name__}")
+    if maps.dim() != 4 or maps.shape[1] != 2:
+        raise ValueError(
+            f"maps must have shape (B, 2, H, W) with channels [obstacles, goal one-hot], got shape {tuple(maps.shape)}"
+        )
+    if min(maps.shape[0], maps.shape[2], maps.shape[3]) < 1:
+        raise ValueError(f"maps must have B, H, W >= 1, got shape {tuple(maps.shape)}")
+    if not maps.is_floating_point():
+        raise ValueError(f"maps must be a floating-point tensor, got dtype {maps.dtype}")
+    return maps
+
+
+class Planner(nn.Module):
+    """Encode the map, solve the step's fixed point (unrolled or implicit), and read out action logits."""
+
+    def __init__(self, step: BellmanStep, fixed_point: FixedPointConfig) -> None:
+        super().__init__()
+        self.step = step
+        self.fixed_point = fixed_point
+
+    @property
+    def topology(self) -> str:
+        return self.step.topology
+
+    def forward(self, maps: Tensor) -> PlannerOutput:
+        ctx = self.step.encode(check_maps(maps))
+        z, info = solve_fixed_point(lambda state: self.step(state, ctx), self.step.initial_state(ctx), self.fixed_point)
+        return PlannerOutput(logits=self.step.head(z, ctx), value=self.step.value_map(z), info=info)

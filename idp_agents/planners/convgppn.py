@@ -1,0 +1,56 @@
+"""ConvGPPN: Gated Path Planning Networks (Lee et al. 2018) with a convolutional GRU as the weight-tied step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from idp_agents.planners.base import BellmanStep, check_odd_kernel, check_positive, same_conv_module
+
+
+@dataclass
+class ConvGPPNContext:
+    """What ConvGPPN computes once per forward: the input's share of the three GRU gates."""
+
+    input_gates: Tensor  # (B, 3 * hidden, H, W): [reset, update, candidate] pre-activations from the reward features
+
+
+class ConvGPPNStep(BellmanStep):
+    """r = encoder(map); h <- ConvGRU(r, h) with kernel F, r injected every step; logits = conv1x1(h)."""
+
+    def __init__(self, *, topology: str = "plane", hidden: int = 40, kernel: int = 3) -> None:
+        super().__init__(topology)
+        self.hidden = check_positive(hidden, "hidden")
+        self.kernel = check_odd_kernel(kernel)
+        self.encoder = nn.Sequential(
+            same_conv_module(2, hidden, 3, topology),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+        )
+        self.input_gates = same_conv_module(hidden, 3 * hidden, kernel, topology)
+        self.hidden_gates = same_conv_module(hidden, 3 * hidden, kernel, topology)
+        self.policy = nn.Conv2d(hidden, 4, 1)
+
+    def encode(self, maps: Tensor) -> ConvGPPNContext:
+        return ConvGPPNContext(input_gates=self.input_gates(self.encoder(maps)))
+
+    def initial_state(self, ctx: ConvGPPNContext) -> Tensor:
+        b, _, h, w = ctx.input_gates.shape
+        return ctx.input_gates.new_zeros(b, self.hidden, h, w)
+
+    def forward(self, z: Tensor, ctx: ConvGPPNContext) -> Tensor:
+        x_reset, x_update, x_candidate = ctx.input_gates.chunk(3, dim=1)
+        h_reset, h_update, h_candidate = self.hidden_gates(z).chunk(3, dim=1)
+        reset = torch.sigmoid(x_reset + h_reset)
+        update = torch.sigmoid(x_update + h_update)
+        candidate = torch.tanh(x_candidate + reset * h_candidate)
+        return candidate + update * (z - candidate)
+
+    def head(self, z: Tensor, ctx: ConvGPPNContext) -> Tensor:
+        return self.policy(z)
+
+    def value_map(self, z: Tensor) -> Tensor:
+        """GPPN has no explicit value: show the best action's logit in each cell."""
+        return self.policy(z).amax(dim=1)

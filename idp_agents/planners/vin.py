@@ -1,0 +1,58 @@
+"""Value Iteration Network (Tamar et al. 2016) as one weight-tied Bellman step v <- max_c (Q_r + w_v * v)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from idp_agents.planners.base import BellmanStep, check_odd_kernel, check_positive, same_conv_module
+
+
+@dataclass
+class VINContext:
+    """What VIN computes once per forward: the reward map and its share of Q."""
+
+    reward: Tensor  # (B, 1, H, W)
+    q_reward: Tensor  # (B, l_q, H, W): conv(r, w_r), the part of Q that does not change between steps
+
+
+class VINStep(BellmanStep):
+    """h = conv3x3(map), r = conv1x1(h), Q = conv_F([r, v]) split into reward and value shares, v = max_c Q."""
+
+    def __init__(self, *, topology: str = "plane", l_h: int = 150, l_q: int = 100, kernel: int = 3) -> None:
+        super().__init__(topology)
+        self.l_h = check_positive(l_h, "l_h")
+        self.l_q = check_positive(l_q, "l_q")
+        self.kernel = check_odd_kernel(kernel)
+        self.h = same_conv_module(2, l_h, 3, topology)
+        self.r = nn.Conv2d(l_h, 1, 1, bias=False)
+        self.q_reward = nn.Parameter(torch.empty(l_q, 1, kernel, kernel))
+        self.q_value = nn.Parameter(torch.empty(l_q, 1, kernel, kernel))
+        self.policy = nn.Conv2d(l_q, 4, 1, bias=False)
+        # As in the published VIN code: nn.Conv2d's default init for the reward share, zeros for the value share,
+        # so the untrained step is constant in v and its fixed point is found at once.
+        nn.init.kaiming_uniform_(self.q_reward, a=math.sqrt(5))
+        nn.init.zeros_(self.q_value)
+
+    def encode(self, maps: Tensor) -> VINContext:
+        reward = self.r(self.h(maps))
+        return VINContext(reward=reward, q_reward=self.conv(reward, self.q_reward))
+
+    def initial_state(self, ctx: VINContext) -> Tensor:
+        return torch.zeros_like(ctx.reward)
+
+    def q_values(self, v: Tensor, ctx: VINContext) -> Tensor:
+        """Q (B, l_q, H, W) for the value map v (B, 1, H, W)."""
+        return ctx.q_reward + self.conv(v, self.q_value)
+
+    def forward(self, z: Tensor, ctx: VINContext) -> Tensor:
+        return self.q_values(z, ctx).amax(dim=1, keepdim=True)
+
+    def head(self, z: Tensor, ctx: VINContext) -> Tensor:
+        return self.policy(self.q_values(z, ctx))
+
+    def value_map(self, z: Tensor) -> Tensor:
+        return z[:, 0]

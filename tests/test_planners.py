@@ -1,0 +1,272 @@
+"""The six registered planners: shapes, gradients, fixed points, padding, registry and input validation."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from idp_agents.implicit import FixedPointConfig, FixedPointInfo
+from idp_agents.planners import PLANNERS, ConvGPPNStep, Planner, SymVINStep, VINStep, make_planner
+
+SMALL = {"vin": dict(l_h=8, l_q=8), "convgppn": dict(hidden=8), "symvin": dict(l_h=3, l_q=3)}
+MOVES = ((-1, 0), (0, -1), (1, 0), (0, 1))  # N, W, S, E
+
+
+def randomise_value_share(planner: Planner, std: float = 0.1) -> Planner:
+    """VIN and SymVIN start with a zero value share of Q (a step constant in v); give it random weights."""
+    q_value = getattr(planner.step, "q_value", None)
+    if q_value is not None:
+        weight = q_value if isinstance(q_value, torch.nn.Parameter) else q_value.weight
+        with torch.no_grad():
+            weight.normal_(std=std)
+    return planner
+
+
+def small_planner(name: str, **kwargs) -> Planner:
+    """A planner with few channels and a step that depends on its state."""
+    kwargs.setdefault("k_fwd", 10)
+    kwargs.setdefault("k_bwd", 10)
+    return randomise_value_share(make_planner(name, **SMALL[name.removeprefix("id-")], **kwargs))
+
+
+def random_maps(batch: int, height: int, width: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    """Random obstacles (30 %) and one free goal cell per map."""
+    gen = torch.Generator().manual_seed(seed)
+    obstacles = (torch.rand(batch, height, width, generator=gen) < 0.3).to(dtype)
+    goal = torch.zeros(batch, height, width, dtype=dtype)
+    rows = torch.randint(height, (batch,), generator=gen)
+    cols = torch.randint(width, (batch,), generator=gen)
+    goal[torch.arange(batch), rows, cols] = 1.0
+    obstacles[torch.arange(batch), rows, cols] = 0.0
+    return torch.stack([obstacles, goal], dim=1)
+
+
+def bfs_distances(obstacles: np.ndarray, goal: tuple[int, int], torus: bool) -> np.ndarray:
+    """Steps to the goal from every cell (-1 where unreachable), for checking hand-set VIN weights."""
+    h, w = obstacles.shape
+    dist = np.full((h, w), -1)
+    dist[goal] = 0
+    queue = deque([goal])
+    while queue:
+        r, c = queue.popleft()
+        for dr, dc in MOVES:
+            nr, nc = r + dr, c + dc
+            if torus:
+                nr, nc = nr % h, nc % w
+            elif not (0 <= nr < h and 0 <= nc < w):
+                continue
+            if obstacles[nr, nc] == 0 and dist[nr, nc] < 0:
+                dist[nr, nc] = dist[r, c] + 1
+                queue.append((nr, nc))
+    return dist
+
+
+@pytest.mark.parametrize("name", sorted(PLANNERS))
+@pytest.mark.parametrize("shape", [(9, 9), (15, 15), (8, 11)])
+def test_forward_shapes_and_info(name, shape):
+    planner = small_planner(name)
+    maps = random_maps(3, *shape)
+    out = planner(maps)
+    assert out.logits.shape == (3, 4, *shape)
+    assert out.value.shape == (3, *shape)
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.value).all()
+    assert isinstance(out.info, FixedPointInfo)
+    assert planner.fixed_point.mode == ("implicit" if name.startswith("id-") else "unrolled")
+    assert (out.info.forward is not None) == name.startswith("id-")
+
+
+@pytest.mark.parametrize("name", sorted(PLANNERS))
+def test_train_step_gives_finite_gradients_and_moves_every_parameter(name):
+    torch.manual_seed(0)
+    planner = small_planner(name)
+    optimiser = torch.optim.RMSprop(planner.parameters(), lr=1e-3)
+    maps = random_maps(4, 9, 9, seed=1)
+    labels = torch.randint(4, (4, 9, 9), generator=torch.Generator().manual_seed(2))
+    free = maps[:, 0] == 0
+    before = {n: p.detach().clone() for n, p in planner.named_parameters()}
+    out = planner(maps)
+    loss = F.cross_entropy(out.logits, labels, reduction="none")[free].mean()
+    optimiser.zero_grad()
+    loss.backward()
+    assert len(out.info.backward) == (1 if name.startswith("id-") else 0)
+    for n, p in planner.named_parameters():
+        assert p.grad is not None, f"{n} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{n} has a non-finite gradient"
+    optimiser.step()
+    unchanged = [n for n, p in planner.named_parameters() if torch.equal(p.detach(), before[n])]
+    assert not unchanged, f"parameters not updated: {unchanged}"
+
+
+def contractive_vin(topology: str = "plane", **fixed_point) -> Planner:
+    """ID-VIN whose value share of Q has L1 norm 0.5 per channel: the step is a 0.5-contraction in max norm."""
+    torch.manual_seed(3)
+    planner = randomise_value_share(make_planner("id-vin", topology=topology, l_h=8, l_q=8, **fixed_point)).double()
+    with torch.no_grad():
+        w = planner.step.q_value
+        w.mul_(0.5 / w.abs().sum(dim=(1, 2, 3), keepdim=True))
+    return planner
+
+
+@pytest.mark.parametrize("solver", ["forward", "anderson"])
+def test_id_vin_reaches_the_fixed_point_of_a_contractive_step(solver):
+    planner = contractive_vin(k_fwd=60, solver_fwd=solver)
+    maps = random_maps(3, 9, 9, seed=4, dtype=torch.float64)
+    with torch.no_grad():
+        out = planner(maps)
+        ctx = planner.step.encode(maps)
+        v = out.value[:, None]
+        residual = (planner.step(v, ctx) - v).abs().max() / v.abs().max()
+    assert residual < 1e-8
+    assert out.info.forward.final_residual.max() < 1e-8
+
+
+def test_unrolled_vin_agrees_with_id_vin_when_the_step_contracts():
+    implicit = contractive_vin(k_fwd=60)
+    unrolled = make_planner("vin", l_h=8, l_q=8, k_fwd=60).double()
+    unrolled.load_state_dict(implicit.state_dict())
+    maps = random_maps(2, 8, 11, seed=5, dtype=torch.float64)
+    torch.testing.assert_close(unrolled(maps).logits, implicit(maps).logits, atol=1e-8, rtol=1e-8)
+
+
+def test_id_vin_gradients_match_a_long_unrolled_vin_when_the_step_contracts():
+    implicit = contractive_vin(k_fwd=60, k_bwd=60, solver_bwd="forward")
+    unrolled = make_planner("vin", l_h=8, l_q=8, k_fwd=60).double()
+    unrolled.load_state_dict(implicit.state_dict())
+    maps = random_maps(2, 9, 9, seed=8, dtype=torch.float64)
+    grads = []
+    for planner in (implicit, unrolled):
+        planner.zero_grad()
+        planner(maps).logits.sin().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in planner.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["id-vin", "id-symvin"])
+def test_untrained_implicit_planners_start_at_their_fixed_point(name):
+    """The value share of Q starts at zero (as in the published VIN), so the untrained step is constant in v."""
+    out = make_planner(name, k_fwd=5, tol_fwd=1e-6)(random_maps(2, 15, 15))
+    assert out.info.forward.converged.all()
+
+
+def test_jacobian_regulariser_setting_reaches_the_fixed_point_layer():
+    out = small_planner("id-vin", jac_reg_weight=0.5)(random_maps(2, 9, 9))
+    assert out.info.jac_loss is not None and out.info.jac_loss.dim() == 0 and torch.isfinite(out.info.jac_loss)
+
+
+def set_value_iteration_weights(planner: Planner) -> None:
+    """Hand-set VIN (l_h=2, l_q=5) to exact value iteration: reward -1 per step, -100 on obstacles, 0 at the goal;
+    Q channels 0..3 move N, W, S, E and channel 4 stays; the head reads the four move channels."""
+    step = planner.step
+    with torch.no_grad():
+        for p in step.parameters():
+            p.zero_()
+        step.h.weight[0, 0, 1, 1] = 1.0  # h0 = obstacle + 1/99
+        step.h.bias[0] = 1.0 / 99.0
+        step.h.weight[1, 1, 1, 1] = 1.0  # h1 = goal
+        step.r.weight[0, :, 0, 0] = torch.tensor([-99.0, 1.0])  # r = -1 - 99 * obstacle + goal
+        step.q_reward[:, 0, 1, 1] = 1.0
+        for a, (dr, dc) in enumerate([*MOVES, (0, 0)]):
+            step.q_value[a, 0, 1 + dr, 1 + dc] = 1.0
+        for a in range(4):
+            step.policy.weight[a, a, 0, 0] = 1.0
+
+
+@pytest.mark.parametrize("topology", ["plane", "torus"])
+def test_hand_set_vin_is_value_iteration_with_actions_in_order_n_w_s_e(topology):
+    """Pins the action order and the padding: v = -BFS distance, and the argmax is a shortest-path move."""
+    planner = make_planner("vin", topology=topology, l_h=2, l_q=5, k_fwd=80)
+    set_value_iteration_weights(planner)
+    rng = np.random.default_rng(6)
+    obstacles = (rng.random((11, 13)) < 0.25).astype(np.float32)
+    if topology == "plane":
+        obstacles[[0, -1], :] = 1.0  # a wall keeps zero-padded borders out of the argmax
+        obstacles[:, [0, -1]] = 1.0
+    goal = (5, 6)
+    obstacles[goal] = 0.0
+    maps = torch.zeros(1, 2, 11, 13)
+    maps[0, 0] = torch.from_numpy(obstacles)
+    maps[0, 1][goal] = 1.0
+    with torch.no_grad():
+        out = planner(maps)
+    dist = bfs_distances(obstacles, goal, torus=topology == "torus")
+    reachable = dist > 0
+    np.testing.assert_allclose(out.value[0].numpy()[dist >= 0], -dist[dist >= 0], atol=1e-4)
+    action = out.logits[0].argmax(dim=0).numpy()
+    for r, c in zip(*np.nonzero(reachable), strict=True):
+        dr, dc = MOVES[action[r, c]]
+        nr, nc = (r + dr) % 11, (c + dc) % 13
+        assert dist[nr, nc] == dist[r, c] - 1, f"cell {(r, c)} takes action {action[r, c]}"
+
+
+@pytest.mark.parametrize("name", sorted(PLANNERS))
+def test_torus_planners_commute_with_circular_shifts(name):
+    planner = small_planner(name, topology="torus").double()
+    maps = random_maps(2, 9, 11, seed=7, dtype=torch.float64)
+    shift = (3, -4)
+    with torch.no_grad():
+        shifted = planner(torch.roll(maps, shift, dims=(2, 3))).logits
+        expected = torch.roll(planner(maps).logits, shift, dims=(2, 3))
+    assert (shifted - expected).abs().max() < 1e-8
+
+
+@pytest.mark.parametrize("name", ["vin", "convgppn", "symvin"])
+def test_plane_planners_do_not_commute_with_circular_shifts(name):
+    planner = small_planner(name).double()
+    maps = random_maps(2, 9, 11, seed=7, dtype=torch.float64)
+    with torch.no_grad():
+        shifted = planner(torch.roll(maps, (3, -4), dims=(2, 3))).logits
+        expected = torch.roll(planner(maps).logits, (3, -4), dims=(2, 3))
+    assert (shifted - expected).abs().max() > 1e-4
+
+
+def test_make_planner_routes_fixed_point_settings_and_step_hyperparameters():
+    planner = make_planner("id-vin", k_fwd=7, k_bwd=3, solver_fwd="forward", tol_fwd=1e-5, l_h=4, kernel=5)
+    assert planner.fixed_point == FixedPointConfig(
+        mode="implicit", k_fwd=7, k_bwd=3, solver_fwd="forward", tol_fwd=1e-5
+    )
+    assert isinstance(planner.step, VINStep) and planner.step.l_h == 4 and planner.step.kernel == 5
+    unrolled = make_planner("convgppn", fixed_point=FixedPointConfig(mode="implicit", k_fwd=5), hidden=6)
+    assert unrolled.fixed_point.mode == "unrolled" and unrolled.fixed_point.k_fwd == 5
+    assert isinstance(unrolled.step, ConvGPPNStep) and unrolled.step.hidden == 6
+    sym = make_planner("id-symvin", topology="torus", group="d4")
+    assert isinstance(sym.step, SymVINStep) and sym.topology == "torus" and sym.step.order == 8
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        ("gppn", {}, "unknown planner"),
+        ("vin", {"hidden": 4}, "unknown hyperparameters"),
+        ("convgppn", {"l_h": 4}, "unknown hyperparameters"),
+        ("vin", {"mode": "implicit"}, "mode is set by the planner name"),
+        ("vin", {"topology": "sphere"}, "topology"),
+        ("vin", {"kernel": 4}, "kernel"),
+        ("convgppn", {"hidden": 0}, "hidden"),
+        ("symvin", {"group": "c8"}, "group"),
+    ],
+)
+def test_make_planner_rejects_bad_arguments(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_planner(name, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "maps",
+    [
+        torch.zeros(2, 9, 9),
+        torch.zeros(2, 3, 9, 9),
+        torch.zeros(2, 1, 2, 9, 9),
+        torch.zeros(0, 2, 9, 9),
+        torch.zeros(2, 2, 9, 9, dtype=torch.uint8),
+        np.zeros((2, 2, 9, 9), dtype=np.float32),
+    ],
+    ids=["3d", "3-channels", "5d", "empty-batch", "uint8", "numpy"],
+)
+@pytest.mark.parametrize("name", ["vin", "id-convgppn", "symvin"])
+def test_bad_map_input_raises_value_error(name, maps):
+    with pytest.raises(ValueError, match="maps"):
+        small_planner(name)(maps)

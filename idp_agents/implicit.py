@@ -32,7 +32,8 @@ class FixedPointConfig:
     """How the fixed point is reached and differentiated (the paper's defaults for implicit planners).
 
     ``phantom_damping`` is the damping lambda of the phantom gradient's steps z <- z + lambda (f(z) - z)
-    (Geng et al., 2021); 1.0 with one step is the one-step (Jacobian-free) gradient.
+    (Geng et al., 2021); 1.0 with one step is the one-step (Jacobian-free) gradient. The ``jac_reg_every``
+    schedule counts the grad-enabled calls made with this config object.
     """
 
     mode: str = "implicit"

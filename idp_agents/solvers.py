@@ -6,9 +6,10 @@ floating dtype, and build no autograd graph. An iteration is one evaluation of `
 
 Convergence is measured every ``check_every`` iterations and at the last one, by the relative residual
 ``||f(z) - z|| / (||f(z)|| + 1e-12)`` of the iterate ``z`` at which ``f`` was evaluated. Only when ``tol`` is set is
-that residual read on the host (one sync per check, to stop early); with ``tol=None`` the full budget runs without
-any device-to-host synchronisation. Each solver returns, per sample, the checked iterate with the lowest residual,
-so a solver that degrades (Anderson or Broyden overshooting, a step producing NaN) still returns its best point.
+that residual read on the host (one sync per check), to stop once every sample has converged or diverged; with
+``tol=None`` the full budget runs without any device-to-host synchronisation, and divergence is only flagged.
+Each solver returns, per sample, the checked iterate with the lowest residual, so a solver that degrades
+(Anderson or Broyden overshooting, a step producing NaN) still returns its best point.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class _ConvergenceMonitor:
 
     def result(self, shape: torch.Size) -> tuple[Tensor, SolverInfo]:
         residuals = torch.stack(self.residuals)
-        residuals[-1] = torch.minimum(residuals[-1], self.best_residual)
+        residuals[-1] = self.best_residual  # the returned iterate's: the last check's unless the solver degraded
         if self.tol is None:
             converged = torch.zeros_like(self.diverged)
         else:
@@ -169,7 +170,8 @@ def anderson(
     batch = z0.shape[0]
     x = z0.reshape(batch, -1)
     history_x = x.new_zeros(batch, m, x.shape[1])
-    history_f = x.new_zeros(batch, m, x.shape[1])
+    history_g = x.new_zeros(batch, m, x.shape[1])
+    gram = x.new_zeros(batch, m, m)
     bordered = x.new_zeros(batch, m + 1, m + 1)
     bordered[:, 0, 1:] = 1
     bordered[:, 1:, 0] = 1
@@ -179,22 +181,22 @@ def anderson(
     monitor = _ConvergenceMonitor(x, max_iter, tol, check_every)
     for iteration in range(1, max_iter + 1):
         fx = f_flat(x)
-        slot = (iteration - 1) % m
-        history_x[:, slot] = x
-        history_f[:, slot] = fx
         if monitor.observe(iteration, x, fx) or iteration == max_iter:
             break
+        slot = (iteration - 1) % m
         n = min(iteration, m)
-        xs, fs = history_x[:, :n], history_f[:, :n]
-        g = fs - xs
-        gram = torch.bmm(g, g.transpose(1, 2))
-        reg = lam * torch.diagonal(gram, dim1=1, dim2=2).mean(dim=1) + tiny
+        history_x[:, slot] = x
+        history_g[:, slot] = fx - x
+        xs, gs = history_x[:, :n], history_g[:, :n]
+        new_row = torch.bmm(history_g[:, slot, None], gs.transpose(1, 2))[:, 0]  # this layout is fast on CPU
+        gram[:, slot, :n] = new_row
+        gram[:, :n, slot] = new_row
+        reg = lam * torch.diagonal(gram[:, :n, :n], dim1=1, dim2=2).mean(dim=1) + tiny
         system = bordered[:, : n + 1, : n + 1].clone()
-        system[:, 1:, 1:] = gram + reg[:, None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
+        system[:, 1:, 1:] = gram[:, :n, :n] + reg[:, None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
         alpha = torch.linalg.solve_ex(system, rhs[:, : n + 1])[0][:, 1:, 0]
-        x = torch.einsum("bk,bkn->bn", alpha, fs)
-        if beta != 1.0:
-            x = beta * x + (1 - beta) * torch.einsum("bk,bkn->bn", alpha, xs)
+        # beta * sum(alpha F) + (1 - beta) * sum(alpha X), with F = X + G
+        x = torch.bmm(alpha[:, None], xs)[:, 0] + beta * torch.bmm(alpha[:, None], gs)[:, 0]
     return monitor.result(z0.shape)
 
 
@@ -221,11 +223,16 @@ def broyden(
     tiny = torch.finfo(x.dtype).tiny ** 0.5
     monitor = _ConvergenceMonitor(x, max_iter, tol, check_every)
 
+    def low_rank_product(v: Tensor, left: Tensor, right: Tensor) -> Tensor:
+        """sum_k (left_k . v) right_k per sample, as (B, 1, n) bmm products (the fast layout on CPU)."""
+        coefficients = torch.bmm(v[:, None], left.transpose(1, 2))
+        return torch.bmm(coefficients, right)[:, 0]
+
     def inverse_jacobian_times(v: Tensor, r: int) -> Tensor:
-        return -v + torch.einsum("bk,bkn->bn", torch.einsum("bkn,bn->bk", vts[:, :r], v), us[:, :r])
+        return -v + low_rank_product(v, vts[:, :r], us[:, :r])
 
     def times_inverse_jacobian(v: Tensor, r: int) -> Tensor:
-        return -v + torch.einsum("bk,bkn->bn", torch.einsum("bkn,bn->bk", us[:, :r], v), vts[:, :r])
+        return -v + low_rank_product(v, us[:, :r], vts[:, :r])
 
     fx = f_flat(x)
     gx = fx - x

@@ -273,3 +273,24 @@ def test_no_extra_graph_in_eval():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer.solve(FixedPointConfig(k_fwd=10))
+
+
+def test_implicit_output_is_freed_without_garbage_collector():
+    """The backward hook must not tie the solution into a reference cycle that keeps the graph alive."""
+    import gc
+    import weakref
+
+    layer = TanhLayer()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        z, _ = layer.solve(FixedPointConfig(k_fwd=10))
+        base = weakref.ref(z._base)
+        loss = (z - layer.target).square().sum()
+        del z
+        assert base() is not None
+        del loss
+        assert base() is None
+    finally:
+        if enabled:
+            gc.enable()

@@ -59,8 +59,11 @@ def check_obstacles(vertices: np.ndarray, counts: np.ndarray) -> tuple[np.ndarra
         raise ValueError(f"obstacle vertices must have shape (N, P, V, 2), got {vertices.shape}")
     if counts.shape != vertices.shape[:2] or not np.issubdtype(counts.dtype, np.integer):
         raise ValueError(f"obstacle counts must be integers of shape {vertices.shape[:2]}, got {counts.shape}")
-    if ((counts != 0) & (counts < 3)).any() or (counts > vertices.shape[2]).any():
-        raise ValueError(f"each polygon needs 0 (absent) or 3 to {vertices.shape[2]} vertices, got {counts.tolist()}")
+    bad = ((counts != 0) & (counts < 3)) | (counts > vertices.shape[2])
+    if bad.any():
+        raise ValueError(
+            f"each polygon needs 0 (absent) or 3 to {vertices.shape[2]} vertices, got {np.unique(counts[bad])[:5]}"
+        )
     if not np.isfinite(vertices).all():
         raise ValueError("obstacle vertices must be finite")
     return vertices, counts.astype(np.int64)

@@ -19,6 +19,8 @@ def _register(env_id: str, entry_point: str, **kwargs) -> None:
 for _size in MAZE_SIZES:
     _register(f"IDP/GridMaze-{_size}-v0", "idp_envs.envs.maze:GridMazeEnv", size=_size)
 _register("IDP/GridMaze-v0", "idp_envs.envs.maze:GridMazeEnv")
+_register("IDP/VisualMaze-15-v0", "idp_envs.envs.visual:VisualMazeEnv", size=15)
+_register("IDP/VisualMaze-v0", "idp_envs.envs.visual:VisualMazeEnv")
 for _bins in (18, 36):
     _register(f"IDP/Arm2DOF-CSpace-{_bins}-v0", "idp_envs.envs.arm:ArmCSpaceEnv", bins=_bins)
 _register("IDP/Arm2DOF-Workspace-v0", "idp_envs.envs.arm:ArmWorkspaceEnv", bins=18)

@@ -6,7 +6,10 @@ the published GPPN layout.
 
 A dataset is one compressed ``.npz`` file with arrays ``<split>/<name>`` (occupancy, goal, start, distances,
 optimal_actions, and ``<split>/extras/<name>`` for raw observations) and a JSON ``metadata`` entry (env id,
-shape, topology, seed, counts, format version). No map layout appears in two splits.
+shape, topology, seed, counts, format version). No map layout appears in two splits. Environments that observe
+rendered views (IDP/VisualMaze-*) also get a view store beside the file (``mazes15.views/``, see
+`idp_envs.views`), rendered by ``--workers`` processes, resumed by rerunning the command, and loaded lazily as
+the ``views`` extra.
 """
 
 from __future__ import annotations
@@ -144,6 +147,9 @@ def load_dataset(path: str | os.PathLike) -> tuple[dict[str, TaskBatch], dict]:
         n = len(batch)
         if any(len(getattr(batch, k)) != n for k in TaskBatch.ARRAYS):
             raise DatasetError(f"{path}: arrays of split {name!r} have different lengths")
+    from idp_envs.views import attach_views
+
+    attach_views(path, splits)
     return splits, meta
 
 
@@ -218,22 +224,28 @@ def task_tensors(batch: TaskBatch, device=None) -> dict:
         "goal": torch.from_numpy(batch.goal),
         "start": torch.from_numpy(batch.start),
     }
-    out.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.extras.items()})
+    out.update({k: torch.from_numpy(np.require(v, requirements="CW")) for k, v in batch.extras.items()})
     return {k: v.to(device) for k, v in out.items()} if device is not None else out
 
 
 def torch_dataset(batch: TaskBatch):
-    """A `torch.utils.data.Dataset` over a split: item i is a dict of tensors (see `task_tensors`)."""
+    """A `torch.utils.data.Dataset` over a split: item i is a dict of tensors (see `task_tensors`); extras that are
+    memory-mapped (a view store) stay on disk and are read per item."""
+    import torch
     from torch.utils.data import Dataset
 
-    tensors = task_tensors(batch)
+    lazy = {k: v for k, v in batch.extras.items() if isinstance(v, np.memmap)}
+    eager = {k: v for k, v in batch.extras.items() if k not in lazy}
+    tensors = task_tensors(TaskBatch(*(getattr(batch, k) for k in TaskBatch.ARRAYS), batch.topology, eager))
 
     class PlanningDataset(Dataset):
         def __len__(self):
             return len(batch)
 
         def __getitem__(self, i):
-            return {k: v[i] for k, v in tensors.items()}
+            item = {k: v[i] for k, v in tensors.items()}
+            item.update({k: torch.from_numpy(np.array(v[i])) for k, v in lazy.items()})
+            return item
 
     return PlanningDataset()
 
@@ -247,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output .npz path")
     parser.add_argument("--from-gppn", metavar="FILE", help="convert a dataset in the GPPN layout instead")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes rendering views (VisualMaze)")
     args = parser.parse_args(argv)
 
     from idp_envs import resolve_env_id
@@ -259,6 +272,11 @@ def main(argv: list[str] | None = None) -> None:
     path = save_dataset(args.out, splits, meta)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     print(f"wrote {path} ({sizes}; {path.stat().st_size / 1e6:.1f} MB)")
+    from idp_envs import views
+
+    if not args.from_gppn and views.env_renders_views(env_id):
+        folder = views.render_dataset_views(path, splits, workers=args.workers)
+        print(f"wrote views to {folder}")
 
 
 if __name__ == "__main__":

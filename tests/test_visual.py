@@ -1,0 +1,233 @@
+"""VisualMaze: panoramas rendered headless with MiniWorld, the environment, the on-disk view store, the mapper."""
+
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from idp_agents.mappers import VisualMapper
+from idp_envs import datasets, grid, views
+from idp_envs.tasks import PlanningTask
+
+N, W, S, E = range(4)
+CORRIDOR = np.ones((7, 7), dtype=np.uint8)
+CORRIDOR[3, 1:6] = 0  # one straight east-west corridor
+
+
+def chromaticity(pixels: np.ndarray) -> np.ndarray:
+    x = pixels.reshape(-1, 3).astype(np.float64)
+    return x / np.maximum(x.sum(axis=1, keepdims=True), 1)
+
+
+@pytest.fixture(scope="module")
+def corridor_views():
+    return views.render_panoramas(CORRIDOR, (3, 1))
+
+
+@pytest.fixture(scope="module")
+def wall_chromaticity(corridor_views):
+    from miniworld.utils import get_file_path  # importable once the renderer has set pyglet up headless
+    from PIL import Image
+
+    texture = np.asarray(Image.open(get_file_path("textures", f"{views.WALL_TEXTURE}_1", "png")).convert("RGB"))
+    return chromaticity(texture).mean(axis=0)
+
+
+def test_importing_idp_envs_needs_no_renderer_and_no_display():
+    code = (
+        "import sys, gymnasium as gym, idp_envs\n"
+        "gym.make('IDP/VisualMaze-15-v0')\n"
+        "assert 'miniworld' not in sys.modules and 'pyglet' not in sys.modules, 'renderer imported eagerly'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "PYGLET_HEADLESS")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_panorama_layout_and_black_obstacles(corridor_views):
+    assert corridor_views.shape == (7, 7, 4, views.VIEW_SIZE, views.VIEW_SIZE, 3)
+    assert corridor_views.dtype == np.uint8
+    assert not corridor_views[CORRIDOR == 1].any()
+    assert (corridor_views[CORRIDOR == 0].reshape(5 * 4, -1).max(axis=1) > 0).all()
+
+
+def test_rendering_is_deterministic(corridor_views):
+    assert np.array_equal(views.render_panoramas(CORRIDOR, (3, 1)), corridor_views)
+    with_goal_elsewhere = views.render_panoramas(CORRIDOR, (3, 5))
+    assert not np.array_equal(with_goal_elsewhere[3, 3, E], corridor_views[3, 3, E])  # the goal box is visible
+
+
+def test_wall_facing_views_are_wall_coloured_and_corridor_views_are_not(corridor_views, wall_chromaticity):
+    def wall_fraction(view):
+        return (np.abs(chromaticity(view) - wall_chromaticity).max(axis=1) < 0.03).mean()
+
+    for direction in (N, S):
+        assert wall_fraction(corridor_views[3, 3, direction]) > 0.9
+    assert wall_fraction(corridor_views[3, 5, E]) > 0.9  # the corridor's east end
+    for direction in (W, E):
+        assert wall_fraction(corridor_views[3, 3, direction]) < 0.75
+    # along the corridor the floor (grey and white tiles) shows below the centre
+    q = views.VIEW_SIZE // 4
+    assert wall_fraction(corridor_views[3, 3, E, 3 * q :, q + q // 2 : 3 * q - q // 2]) < 0.2
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rotating_the_maze_permutes_directions_in_action_order(seed):
+    occ = grid.generate_mazes(1, 7, np.random.default_rng(seed))[0]
+    free = np.argwhere(occ == 0)
+    goal = tuple(free[len(free) // 2])
+    size = occ.shape[1]
+    original = views.render_panoramas(occ, goal).astype(np.float64)
+    # np.rot90 turns the map 90 degrees counter-clockwise: cell (r, c) moves to (size - 1 - c, r) and a view that
+    # faced direction a now faces a + 1 (N -> W -> S -> E -> N)
+    rotated = views.render_panoramas(np.rot90(occ), (size - 1 - goal[1], goal[0])).astype(np.float64)
+    r, c = free[:, 0], free[:, 1]
+
+    def error(shift):
+        return np.mean([np.abs(rotated[size - 1 - c, r, (a + shift) % 4] - original[r, c, a]).mean() for a in range(4)])
+
+    assert error(1) < 0.6 * min(error(0), error(2), error(3))
+
+
+def test_renderer_rejects_bad_maps():
+    with pytest.raises(ValueError, match="occupancy"):
+        views.render_panoramas(np.full((3, 3, 3), 0))
+    with pytest.raises(ValueError, match="goal"):
+        views.render_panoramas(CORRIDOR, (0, 0))
+
+
+def test_env_observes_views_not_the_map():
+    env = gym.make("IDP/VisualMaze-v0", size=7, render_mode="rgb_array")
+    check_env(env.unwrapped, skip_render_check=False)
+    obs, info = env.reset(options={"task": PlanningTask(CORRIDOR, (3, 1), (3, 4))})
+    assert set(obs) == {"views", "goal", "position"}
+    assert np.array_equal(info["occupancy"], CORRIDOR)
+    assert np.array_equal(obs["views"], views.render_panoramas(CORRIDOR, (3, 1)))
+    assert info["expert_action"] == W
+    obs, *_ = env.step(W)
+    frame = env.render()
+    assert frame.shape[0] >= 7 * 32 and frame.shape[1] > frame.shape[0]
+    current = obs["views"][3, 3]  # the panel beside the map shows the agent's four views
+    scale = max(1, frame.shape[0] // (4 * (views.VIEW_SIZE + 4)))
+    north = frame[scale : scale + views.VIEW_SIZE * scale : scale, -views.VIEW_SIZE * scale - 2 * scale :: scale]
+    assert np.array_equal(north[:, : views.VIEW_SIZE], current[N])
+    env.close()
+
+
+def test_env_uses_views_a_task_carries():
+    env = gym.make("IDP/VisualMaze-v0", size=7).unwrapped
+    given = np.full((7, 7, 4, 32, 32, 3), 7, dtype=np.uint8)
+    obs, _ = env.reset(options={"task": PlanningTask(CORRIDOR, (3, 1), (3, 4), extras={"views": given})})
+    assert (obs["views"] == 7).all()
+    with pytest.raises(ValueError, match="views"):
+        env.reset(options={"task": PlanningTask(CORRIDOR, (3, 1), (3, 4), extras={"views": given[:3]})})
+
+
+def test_registration():
+    import idp_envs
+
+    assert {"IDP/VisualMaze-15-v0", "IDP/VisualMaze-v0"} <= set(idp_envs.registered_ids())
+    assert views.env_renders_views("IDP/VisualMaze-15-v0") and not views.env_renders_views("IDP/GridMaze-15-v0")
+
+
+@pytest.fixture(scope="module")
+def view_dataset(tmp_path_factory):
+    splits, meta = datasets.generate_splits(
+        "IDP/VisualMaze-v0", {"train": 6, "val": 2}, seed=3, env_kwargs={"size": 7}, progress=False
+    )
+    path = datasets.save_dataset(tmp_path_factory.mktemp("visual") / "mazes.npz", splits, meta)
+    views.render_dataset_views(path, splits, workers=2, chunk=2, progress=False)
+    return path, splits
+
+
+def test_view_store_is_rendered_by_workers_and_loaded_lazily(view_dataset):
+    path, splits = view_dataset
+    loaded, _ = datasets.load_dataset(path)
+    stored = loaded["train"].extras["views"]
+    assert isinstance(stored, np.memmap) and stored.shape == (6, 7, 7, 4, 32, 32, 3)
+    for i in (0, 5):  # rendered in another process, identical to rendering here
+        assert np.array_equal(stored[i], views.render_panoramas(splits["train"].occupancy[i], splits["train"].goal[i]))
+    item = datasets.torch_dataset(loaded["val"])[1]
+    assert item["views"].shape == (7, 7, 4, 32, 32, 3) and item["views"].dtype == torch.uint8
+    assert item["maps"].shape == (2, 7, 7)
+
+
+def test_interrupted_view_store_resumes_only_missing_maps(view_dataset, tmp_path, monkeypatch):
+    path, splits = view_dataset
+    folder = views.views_dir(path)
+    expected = np.array(np.load(folder / "train.npy"))
+    done = np.load(folder / "train.done.npy")
+    done[[1, 4]] = False  # as if the run stopped before these maps were finished
+    np.save(folder / "train.done.npy", done)
+    with open(folder / "train.npy", "r+b") as f:
+        offset = np.load(folder / "train.npy", mmap_mode="r").offset
+        f.seek(offset + expected[0].nbytes)
+        f.write(bytes(expected[0].nbytes))  # map 1 half-written: zeros
+    with pytest.raises(datasets.DatasetError, match="incomplete"):
+        datasets.load_dataset(path)
+    rendered = []
+    original = views.PanoramaRenderer.render
+    monkeypatch.setattr(
+        views.PanoramaRenderer, "render", lambda self, occ, goal=None: rendered.append(1) or original(self, occ, goal)
+    )
+    views.render_dataset_views(path, splits, workers=0, progress=False)
+    assert len(rendered) == 2
+    loaded, _ = datasets.load_dataset(path)
+    assert np.array_equal(loaded["train"].extras["views"], expected)
+
+
+def test_view_store_of_other_maps_is_not_resumed(view_dataset, tmp_path):
+    path, splits = view_dataset
+    other, _ = datasets.generate_splits(
+        "IDP/VisualMaze-v0", {"train": 6, "val": 2}, seed=4, env_kwargs={"size": 7}, progress=False
+    )
+    copy = tmp_path / "mazes.npz"
+    copy.write_bytes(path.read_bytes())
+    views.views_dir(copy).mkdir()
+    for f in views.views_dir(path).iterdir():
+        (views.views_dir(copy) / f.name).write_bytes(f.read_bytes())
+    datasets.save_dataset(copy, other, {"shape": [7, 7]})
+    with pytest.raises(datasets.DatasetError, match="other maps"):
+        datasets.load_dataset(copy)
+    views.render_dataset_views(copy, {"val": other["val"]}, workers=0, progress=False)
+    fresh = np.load(views.views_dir(copy) / "val.npy")
+    assert np.array_equal(fresh[0], views.render_panoramas(other["val"].occupancy[0], other["val"].goal[0]))
+
+
+def test_visual_mapper_shapes_loss_and_validation():
+    mapper = VisualMapper()
+    batch = torch.randint(0, 256, (2, 5, 6, 4, 32, 32, 3), dtype=torch.uint8)
+    logits = mapper(batch)
+    assert logits.shape == (2, 5, 6)
+    occupancy = torch.randint(0, 2, (2, 5, 6))
+    loss = VisualMapper.loss(logits, occupancy)
+    loss.backward()
+    assert all(p.grad is not None for p in mapper.parameters())
+    assert VisualMapper.accuracy(torch.where(occupancy.bool(), 3.0, -3.0), occupancy) == 1.0
+    maps = VisualMapper.planner_maps(logits.detach(), torch.tensor([[0, 0], [4, 5]]))
+    assert maps.shape == (2, 2, 5, 6) and maps[1, 1, 4, 5] == 1
+    with pytest.raises(ValueError, match="views must have shape"):
+        mapper(batch[..., :2])
+    with pytest.raises(ValueError, match="must match"):
+        VisualMapper.loss(logits, occupancy[:, :4])
+
+
+def test_visual_mapper_learns_maps_from_rendered_views(view_dataset):
+    path, _ = view_dataset
+    loaded, _ = datasets.load_dataset(path)
+    train = datasets.task_tensors(loaded["train"].subset(slice(0, 3)))  # copies the memory-mapped views
+    torch.manual_seed(0)
+    mapper = VisualMapper()
+    optimiser = torch.optim.Adam(mapper.parameters(), lr=1e-3)
+    occupancy = train["maps"][:, 0]
+    for _ in range(25):
+        optimiser.zero_grad()
+        loss = VisualMapper.loss(mapper(train["views"]), occupancy)
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        assert VisualMapper.accuracy(mapper(train["views"]), occupancy) > 0.95

@@ -231,3 +231,26 @@ class VisualMapper(nn.Module):
     def planner_maps(logits: Tensor, goal: Tensor) -> Tensor:
         """The planners' (B, 2, H, W) input [sigmoid occupancy, goal one-hot], differentiable in the logits."""
         return cspace_planner_maps(logits, goal)
+
+
+MAPPER_INPUTS = ("workspace", "views")
+
+
+def mapper_input_key(observation_keys) -> str | None:
+    """The observation key a mapper must turn into the map (None when the map itself is observed)."""
+    keys = set(observation_keys)
+    if "occupancy" in keys:
+        return None
+    for key in MAPPER_INPUTS:
+        if key in keys:
+            return key
+    raise ValueError(f"no map and no mapper for observations with keys {sorted(keys)}")
+
+
+def make_mapper(input_key: str, shape: tuple[int, int]) -> nn.Module:
+    """The learned mapper for an observation key: workspace images -> C-space, panoramic views -> maze."""
+    if input_key == "workspace":
+        return ArmCSpaceMapper(bins=int(shape[0]))
+    if input_key == "views":
+        return VisualMapper()
+    raise ValueError(f"no mapper for observation key {input_key!r}; mappers exist for {MAPPER_INPUTS}")

@@ -34,10 +34,13 @@ class DatasetError(ValueError):
     """A file that is not a readable IDP dataset (truncated, foreign, or of another format version)."""
 
 
-def layout_keys(occupancy: np.ndarray) -> np.ndarray:
-    """One hashable key per map layout: its cells packed to bytes, viewed as a single void scalar."""
+def layout_keys(occupancy: np.ndarray, goal: np.ndarray | None = None) -> np.ndarray:
+    """One hashable key per map layout (and goal, when given): the cells packed to bytes, as one void scalar."""
     packed = np.packbits(occupancy.reshape(len(occupancy), -1).astype(bool), axis=1)
-    return np.ascontiguousarray(packed).view(np.dtype((np.void, packed.shape[1]))).ravel()
+    if goal is not None:
+        packed = np.concatenate([packed, np.asarray(goal, dtype=np.int64).view(np.uint8).reshape(len(goal), -1)], 1)
+    packed = np.ascontiguousarray(packed)
+    return packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
 
 
 def generate_splits(
@@ -69,7 +72,7 @@ def generate_splits(
             if kept >= total:
                 break
             batch = env.sample_tasks(min(chunk, max(total - kept, 1) + 16), rng)
-            keys = layout_keys(batch.occupancy)
+            keys = layout_keys(batch.occupancy, batch.goal if env.DISTINCT_BY == "task" else None)
             _, first = np.unique(keys, return_index=True)
             new = np.array([i for i in np.sort(first) if keys[i].tobytes() not in seen], dtype=np.int64)
             new = new[: total - kept]
@@ -82,6 +85,7 @@ def generate_splits(
                 f"could only find {kept} distinct layouts for {env_id} after {max_chunks} batches; "
                 f"ask for fewer than {total} tasks"
             )
+    distinct_by = env.DISTINCT_BY
     env.close()
     everything = TaskBatch.concatenate(batches)
     splits, offset = {}, 0
@@ -95,6 +99,7 @@ def generate_splits(
         "topology": everything.topology,
         "seed": seed,
         "counts": {k: int(v) for k, v in counts.items()},
+        "distinct_by": distinct_by,
     }
     return splits, metadata
 

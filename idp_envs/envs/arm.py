@@ -370,8 +370,11 @@ class ArmCSpaceEnv(GridPlanningEnv):
     """Move a two-link arm between joint configurations on its ``bins`` x ``bins`` C-space (a torus).
 
     Observations are those of GridMaze with the C-space as ``occupancy``; task extras carry the workspace image
-    and the obstacle polygons, so datasets include them.
+    and the obstacle polygons, so datasets include them. Many scenes share a C-space (every obstacle out of
+    reach gives the all-free one), so datasets keep (C-space, goal) pairs distinct rather than C-spaces.
     """
+
+    DISTINCT_BY = "task"
 
     def __init__(
         self,

@@ -26,6 +26,8 @@ class GridPlanningEnv(gym.Env):
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 8}
     GOAL_REWARD = 1.0
     STEP_REWARD = -0.01
+    # what no two tasks of a dataset may share across splits: the map ("layout") or the map and goal ("task")
+    DISTINCT_BY = "layout"
 
     def __init__(
         self,

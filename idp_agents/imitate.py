@@ -1,0 +1,499 @@
+"""Train a planner by imitation of BFS-optimal actions, evaluate it closed-loop, and report on the test split.
+
+    python -m idp_agents.imitate --env GridMaze-15 --planner id-vin
+
+Every hyperparameter is a flag. The defaults are small enough to finish on a 2-core CPU in a few minutes; the
+published protocol (GPPN's, which the implicit-planning paper follows) is
+``--train 10000 --val 2000 --test 2000 --epochs 30`` with the defaults batch 32, RMSprop lr 1e-3, clip 40, K 30.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from idp_agents.checkpoints import load_checkpoint, save_checkpoint
+from idp_agents.mappers import cspace_accuracy, cspace_bce_loss, cspace_planner_maps, make_mapper, mapper_input_key
+from idp_agents.planners import PLANNERS, make_planner, step_hyperparameters
+from idp_agents.training import (
+    action_accuracy,
+    batch_rows,
+    evaluate_planner,
+    imitation_loss,
+    mapped_maps,
+    planner_actions,
+)
+from idp_envs import resolve_env_id, views
+from idp_envs.datasets import generate_splits, load_dataset, save_dataset, task_tensors
+from idp_envs.files import atomic_write
+from idp_envs.tasks import TaskBatch
+from rollouts.metrics import PlanningMetrics, policy_metrics
+
+STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group")
+
+
+@dataclass
+class RunConfig:
+    """One training run; every field is a command-line flag of the same name."""
+
+    env: str = "IDP/GridMaze-15-v0"
+    size: int | None = None
+    planner: str = "id-vin"
+    k_fwd: int = 30
+    k_bwd: int = 15
+    solver_fwd: str = "anderson"
+    solver_bwd: str = "anderson"
+    tol_fwd: float | None = None
+    tol_bwd: float | None = None
+    gradient: str = "implicit"
+    jac_reg: float = 0.0
+    l_h: int | None = None
+    l_q: int | None = None
+    hidden: int | None = None
+    kernel: int | None = None
+    group: str | None = None
+    epochs: int = 6
+    mapper_epochs: int = 2
+    planner_epochs: int = 2
+    map_loss_weight: float = 1.0
+    batch_size: int = 32
+    lr: float = 1e-3
+    clip: float | None = 40.0
+    train: int = 2000
+    val: int = 200
+    test: int = 500
+    data: str | None = None
+    cache_dir: str = "data"
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    out: str = "runs/latest"
+    resume: bool = False
+    eval_batch_size: int = 128
+    progress: bool = True
+
+    def planner_kwargs(self) -> dict:
+        """Fixed-point settings and the step hyperparameters that were set (the rest keep the step's defaults)."""
+        if self.planner not in PLANNERS:
+            raise ValueError(f"unknown planner {self.planner!r}; valid names: {', '.join(sorted(PLANNERS))}")
+        accepted = step_hyperparameters(PLANNERS[self.planner].step)
+        step = {k: getattr(self, k) for k in STEP_FLAGS if getattr(self, k) is not None}
+        rejected = sorted(set(step) - set(accepted))
+        if rejected:
+            raise ValueError(f"{self.planner} does not take {rejected}; its hyperparameters are {list(accepted)}")
+        fixed_point = {
+            "k_fwd": self.k_fwd,
+            "k_bwd": self.k_bwd,
+            "solver_fwd": self.solver_fwd,
+            "solver_bwd": self.solver_bwd,
+            "tol_fwd": self.tol_fwd,
+            "tol_bwd": self.tol_bwd,
+            "gradient": self.gradient,
+            "jac_reg_weight": self.jac_reg,
+        }
+        return {**fixed_point, **step}
+
+    def dataset_path(self) -> Path:
+        if self.data:
+            return Path(self.data)
+        name = self.env.replace("/", "_") + (f"-size{self.size}" if self.size else "")
+        return Path(self.cache_dir) / f"{name}-{self.train}-{self.val}-{self.test}-seed{self.seed}.npz"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = RunConfig()
+    p = argparse.ArgumentParser(prog="python -m idp_agents.imitate", description=__doc__.split("\n\n")[0])
+    add = p.add_argument
+    add("--env", default=defaults.env, help="environment id, with or without the IDP/ prefix and -v0")
+    add("--size", type=int, help="map size, for ids that take one (IDP/GridMaze-v0)")
+    add("--planner", default=defaults.planner, help=f"one of {', '.join(sorted(PLANNERS))}")
+    add(
+        "--k",
+        "--k-fwd",
+        dest="k_fwd",
+        type=int,
+        default=defaults.k_fwd,
+        help="unrolled layers, or the implicit forward solver's iterations",
+    )
+    add("--k-bwd", type=int, default=defaults.k_bwd, help="implicit backward solver's iterations")
+    add("--solver-fwd", default=defaults.solver_fwd, help="forward | anderson | broyden")
+    add("--solver-bwd", default=defaults.solver_bwd, help="forward | anderson | broyden")
+    add("--tol-fwd", type=float, default=None, help="stop the forward solve at this relative residual")
+    add("--tol-bwd", type=float, default=None, help="stop the backward solve at this relative residual")
+    add("--gradient", default=defaults.gradient, help="implicit (IFT backward solve) | phantom")
+    add("--jac-reg", type=float, default=defaults.jac_reg, help="weight of the Jacobian regulariser")
+    add("--l-h", type=int, help="VIN/SymVIN hidden channels (default 150 for VIN)")
+    add("--l-q", type=int, help="VIN/SymVIN Q channels (default 100 for VIN)")
+    add("--hidden", type=int, help="ConvGPPN hidden channels (default 40)")
+    add("--kernel", type=int, help="Bellman step kernel size (default 3)")
+    add("--group", help="SymVIN symmetry group: c4 | d4")
+    add("--epochs", type=int, default=defaults.epochs)
+    add(
+        "--mapper-epochs",
+        type=int,
+        default=defaults.mapper_epochs,
+        help="envs observed through a mapper: epochs pre-training the mapper alone (BCE on the true map)",
+    )
+    add(
+        "--planner-epochs",
+        type=int,
+        default=defaults.planner_epochs,
+        help="envs observed through a mapper: epochs pre-training the planner alone on true maps",
+    )
+    add(
+        "--map-loss-weight",
+        type=float,
+        default=defaults.map_loss_weight,
+        help="weight of the mapper's BCE beside the imitation loss in end-to-end epochs",
+    )
+    add("--batch-size", type=int, default=defaults.batch_size)
+    add("--lr", type=float, default=defaults.lr, help="RMSprop learning rate")
+    add("--clip", type=float, default=defaults.clip, help="gradient-norm clip (<= 0: none)")
+    add("--train", type=int, default=defaults.train, help="training maps (generated when --data is not given)")
+    add("--val", type=int, default=defaults.val)
+    add("--test", type=int, default=defaults.test)
+    add("--data", help="a dataset file from python -m idp_envs.datasets (overrides the sizes)")
+    add("--cache-dir", default=defaults.cache_dir, help="where generated datasets are cached")
+    add("--device", default=defaults.device, help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    add("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core)")
+    add("--seed", type=int, default=defaults.seed)
+    add("--out", default=defaults.out, help="run directory: checkpoints, metrics.csv, test_report.json")
+    add("--resume", action="store_true", help="continue from OUT/last.pt")
+    add("--eval-batch-size", type=int, default=defaults.eval_batch_size)
+    add("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return p
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": json.dumps(np.random.get_state()[1].tolist()),
+        "python": json.dumps(random.getstate()[1]),
+    }
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    mt = np.random.get_state()
+    np.random.set_state((mt[0], np.array(json.loads(state["numpy"]), dtype=np.uint32), *mt[2:]))
+    py = random.getstate()
+    random.setstate((py[0], tuple(json.loads(state["python"])), py[2]))
+
+
+def write_metrics_csv(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    with atomic_write(path) as f:
+        f.write(buffer.getvalue().encode())
+
+
+def tensorboard_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+COMPARED_ON_RESUME = (
+    "env",
+    "size",
+    "planner",
+    "k_fwd",
+    "k_bwd",
+    "solver_fwd",
+    "solver_bwd",
+    "gradient",
+    "batch_size",
+    "lr",
+    "train",
+    "val",
+    "test",
+    "data",
+    "seed",
+    "mapper_epochs",
+    "planner_epochs",
+    "map_loss_weight",
+    *STEP_FLAGS,
+)
+
+
+def env_kwargs(config: RunConfig) -> dict:
+    return {"size": config.size} if config.size else {}
+
+
+def load_or_generate_dataset(config: RunConfig) -> tuple[dict, dict]:
+    path = config.dataset_path()
+    if path.exists():
+        splits, meta = load_dataset(path)
+    elif config.data:
+        raise FileNotFoundError(f"--data {path} does not exist")
+    else:
+        counts = {"train": config.train, "val": config.val, "test": config.test}
+        splits, meta = generate_splits(config.env, counts, config.seed, env_kwargs(config), progress=config.progress)
+        save_dataset(path, splits, meta)
+        if views.env_renders_views(config.env):
+            views.render_dataset_views(path, splits, progress=config.progress)
+            splits, meta = load_dataset(path)
+    missing = {"train", "val", "test"} - set(splits)
+    if missing:
+        raise ValueError(f"dataset {path} lacks the splits {sorted(missing)}")
+    if meta.get("env_id") and meta["env_id"] != config.env:
+        raise ValueError(f"dataset {path} was made for {meta['env_id']}, not {config.env}")
+    return splits, meta
+
+
+def split_data(batch: TaskBatch, input_key: str | None, device: torch.device) -> dict:
+    """A split's tensors on ``device``; a mapper's input stays a memory map when it is one (read per batch)."""
+    eager = {k: v for k, v in batch.extras.items() if not isinstance(v, np.memmap)}
+    data = task_tensors(TaskBatch(*(getattr(batch, k) for k in TaskBatch.ARRAYS), batch.topology, eager), device)
+    if input_key is not None:
+        if input_key not in batch.extras:
+            raise ValueError(f"the dataset has no {input_key!r} for the mapper (extras: {sorted(batch.extras)})")
+        source = batch.extras[input_key]
+        data["mapper_input"] = source if isinstance(source, np.memmap) else data[input_key]
+    return data
+
+
+def epoch_phases(config: RunConfig, has_mapper: bool) -> list[str]:
+    """What each epoch trains: the planner alone on true maps, or (with a mapper) first the mapper alone, then the
+    planner alone, then both end to end with the planner reading the mapper's map."""
+    if not has_mapper:
+        return ["planner"] * config.epochs
+    return ["mapper"] * config.mapper_epochs + ["planner"] * config.planner_epochs + ["joint"] * config.epochs
+
+
+def evaluate(planner, mapper, data: dict, config: RunConfig) -> tuple[PlanningMetrics, float | None]:
+    """Closed-loop metrics on the true grid of the planner's policy, which reads the mapper's map when there is one;
+    and the mapper's cell accuracy."""
+    if mapper is None:
+        return evaluate_planner(planner, data, config.eval_batch_size), None
+    maps = mapped_maps(mapper, data["mapper_input"], data["goal"], config.eval_batch_size)
+    accuracy = float(((maps[:, 0] > 0.5) == data["maps"][:, 0].bool()).float().mean())
+    actions = planner_actions(planner, maps, config.eval_batch_size)
+    metrics = policy_metrics(
+        actions, data["maps"][:, 0].to(torch.uint8), data["goal"], data["distances"], planner.topology
+    )
+    return metrics, accuracy
+
+
+def train_epoch(phase: str, planner, mapper, optimizer, data: dict, config: RunConfig, desc: str) -> dict:
+    """One pass over the training split; returns mean loss, action accuracy, map accuracy and the time taken."""
+    planner.train()
+    if mapper is not None:
+        mapper.train()
+    n = len(data["maps"])
+    order = torch.randperm(n)
+    totals = {"loss": 0.0, "accuracy": 0.0, "map_accuracy": 0.0}
+    batches, t0 = 0, time.perf_counter()
+    bar = tqdm(range(0, n, config.batch_size), desc=desc, disable=not config.progress, leave=False)
+    for i in bar:
+        idx = order[i : i + config.batch_size].sort().values  # sorted: memory-mapped inputs read in order
+        dev_idx = idx.to(data["maps"].device)
+        optimal, true_maps = data["optimal_actions"][dev_idx], data["maps"][dev_idx]
+        loss, logits, map_logits = 0.0, None, None
+        if phase in ("mapper", "joint"):
+            map_logits = mapper(batch_rows(data["mapper_input"], idx).to(true_maps.device))
+            loss = cspace_bce_loss(map_logits, true_maps[:, 0]) * (1.0 if phase == "mapper" else config.map_loss_weight)
+        if phase in ("planner", "joint"):
+            maps = true_maps if phase == "planner" else cspace_planner_maps(map_logits, data["goal"][dev_idx])
+            output = planner(maps)
+            logits = output.logits
+            loss = loss + imitation_loss(logits, optimal)
+            if output.info.jac_loss is not None:
+                loss = loss + output.info.jac_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, config.clip)
+        optimizer.step()
+        batches += 1
+        totals["loss"] += loss.item()
+        if logits is not None:
+            totals["accuracy"] += action_accuracy(logits.detach(), optimal).item()
+        if map_logits is not None:
+            totals["map_accuracy"] += cspace_accuracy(map_logits.detach(), true_maps[:, 0]).item()
+        seen = min(i + config.batch_size, n)
+        bar.set_postfix(
+            loss=f"{totals['loss'] / batches:.3f}",
+            acc=f"{totals['accuracy'] / batches:.3f}",
+            maps_per_s=f"{seen / (time.perf_counter() - t0):.0f}",
+        )
+    seconds = time.perf_counter() - t0
+    row = {
+        "train_loss": totals["loss"] / batches,
+        "train_accuracy": totals["accuracy"] / batches if phase != "mapper" else float("nan"),
+        "train_seconds": seconds,
+        "maps_per_second": n / seconds,
+    }
+    if mapper is not None:
+        row["train_map_accuracy"] = totals["map_accuracy"] / batches if phase != "planner" else float("nan")
+    return row
+
+
+def run(config: RunConfig) -> dict:
+    """Train, validate every epoch, keep the best and the last checkpoint, and return the test report."""
+    config.env = resolve_env_id(config.env)
+    planner_kwargs = config.planner_kwargs()
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+
+    splits, meta = load_or_generate_dataset(config)
+    topology = meta["topology"]
+    shape = tuple(meta["shape"])
+    probe = gym.make(config.env, **env_kwargs(config))
+    input_key = mapper_input_key(probe.observation_space.keys())
+    probe.close()
+    data = {name: split_data(splits[name], input_key, device) for name in ("train", "val", "test")}
+    planner = make_planner(config.planner, topology=topology, **planner_kwargs).to(device)
+    mapper = make_mapper(input_key, shape).to(device) if input_key else None
+    params = list(planner.parameters()) + (list(mapper.parameters()) if mapper is not None else [])
+    optimizer = torch.optim.RMSprop(params, lr=config.lr)
+    run_config = {
+        "planner": config.planner,
+        "planner_kwargs": planner_kwargs,
+        "topology": topology,
+        "env_id": config.env,
+        "mapper": {"input": input_key, "shape": list(shape)} if mapper is not None else None,
+        "run": asdict(config),
+    }
+    phases = epoch_phases(config, mapper is not None)
+    history: list[dict] = []
+    start_epoch, best = 0, -1.0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if config.resume:
+        if not last_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
+        state = load_checkpoint(last_path, map_location=device)
+        before = state["config"]["run"]
+        changed = [k for k in COMPARED_ON_RESUME if before.get(k) != getattr(config, k)]
+        if changed:
+            raise ValueError(f"--resume: {last_path} was trained with other settings for {changed}")
+        planner.load_state_dict(state["model"])
+        if mapper is not None:
+            mapper.load_state_dict(state["mapper"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"])
+        start_epoch, best, history = state["epoch"] + 1, state["best_success"], state["history"]
+        print(f"resuming {out} after epoch {start_epoch}")
+
+    writer = tensorboard_writer(out)
+    for epoch in range(start_epoch, len(phases)):
+        phase = phases[epoch]
+        desc = f"epoch {epoch + 1}/{len(phases)}" + (f" ({phase})" if mapper is not None else "")
+        row = {"epoch": epoch + 1, "phase": phase}
+        row.update(train_epoch(phase, planner, mapper, optimizer, data["train"], config, desc))
+        val, val_map_accuracy = evaluate(planner, mapper, data["val"], config)
+        row.update(val_success=val.success, val_optimal=val.optimal, val_spl=val.spl)
+        if mapper is not None:
+            row["val_map_accuracy"] = val_map_accuracy
+        history.append(row)
+        improved = val.success > best
+        best = max(best, val.success)
+        checkpoint = {
+            "config": run_config,
+            "model": planner.state_dict(),
+            "mapper": mapper.state_dict() if mapper is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "best_success": best,
+            "history": history,
+            "rng": rng_state(),
+            "val": {**val.as_dict(), "map_accuracy": val_map_accuracy},
+        }
+        if improved:
+            save_checkpoint(best_path, checkpoint)
+        save_checkpoint(last_path, checkpoint)
+        write_metrics_csv(out / "metrics.csv", history)
+        if writer is not None:
+            for key, value in row.items():
+                if key not in ("epoch", "phase"):
+                    writer.add_scalar(key, value, epoch + 1)
+        mapped = f"  map accuracy {val_map_accuracy:.3f}" if mapper is not None else ""
+        print(
+            f"{desc}: loss {row['train_loss']:.4f}  accuracy {row['train_accuracy']:.3f}  val {val}{mapped}  "
+            f"({row['train_seconds']:.0f} s, {row['maps_per_second']:.0f} maps/s)"
+        )
+    if writer is not None:
+        writer.close()
+    if not best_path.exists():
+        raise RuntimeError(f"no epoch finished, so there is no checkpoint to test (epochs={config.epochs})")
+
+    best_state = load_checkpoint(best_path, map_location=device)
+    planner.load_state_dict(best_state["model"])
+    if mapper is not None:
+        mapper.load_state_dict(best_state["mapper"])
+    test, test_map_accuracy = evaluate(planner, mapper, data["test"], config)
+    report = {
+        "env": config.env,
+        "planner": config.planner,
+        "best_epoch": best_state["epoch"] + 1,
+        "test": {**test.as_dict(), "map_accuracy": test_map_accuracy},
+        "val": best_state["val"],
+        "denominator": "every free start cell from which the goal is reachable (start != goal), all test maps",
+        "config": run_config,
+        "dataset": str(config.dataset_path()),
+    }
+    with atomic_write(out / "test_report.json") as f:
+        f.write(json.dumps(report, indent=2).encode())
+    print_report(report)
+    return report
+
+
+def print_report(report: dict) -> None:
+    t = report["test"]
+    rows = [
+        ("env", report["env"]),
+        ("planner", report["planner"]),
+        ("best epoch", report["best_epoch"]),
+        ("test %Success", f"{100 * t['success']:.1f}"),
+        ("test %Optimal", f"{100 * t['optimal']:.1f}"),
+        ("test SPL", f"{t['spl']:.3f}"),
+        ("start cells", f"{t['starts']} (reachable, all {t['maps']} test maps)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    config = RunConfig(**vars(args))
+    if config.clip is not None and config.clip <= 0:
+        config.clip = None
+    try:
+        return run(config)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main()

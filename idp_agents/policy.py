@@ -1,0 +1,137 @@
+"""PlannerPolicy: a trained planner (and mapper) as a policy, with Stable-Baselines3's ``predict`` signature."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from idp_agents.checkpoints import load_checkpoint
+from idp_agents.mappers import cspace_planner_maps, make_mapper
+from idp_agents.planners import Planner, make_planner
+
+
+def batched_observation(obs: dict) -> tuple[dict, bool]:
+    """The observation with a leading batch axis, and whether it had one (told by ``position``: (2,) or (n, 2))."""
+    position = np.asarray(obs["position"])
+    if position.shape == (2,):
+        return {k: np.asarray(v)[None] for k, v in obs.items()}, False
+    if position.ndim != 2 or position.shape[1] != 2:
+        raise ValueError(f"observation position must have shape (2,) or (n, 2), got {position.shape}")
+    return {k: np.asarray(v) for k, v in obs.items()}, True
+
+
+def goal_cells(goal: np.ndarray) -> np.ndarray:
+    """(n, 2) goal cells from (n, H, W) one-hot goal maps or (n, 2) cells."""
+    if goal.ndim == 2 and goal.shape[1] == 2:
+        return goal.astype(np.int64)
+    if goal.ndim != 3:
+        raise ValueError(f"goal must be (n, H, W) one-hot maps or (n, 2) cells, got shape {goal.shape}")
+    flat = goal.reshape(len(goal), -1).argmax(axis=1)
+    return np.stack([flat // goal.shape[2], flat % goal.shape[2]], axis=1)
+
+
+class PlannerPolicy:
+    """Plan on the observed map (or on the map a mapper makes of the observation), then act at the agent's cell.
+
+    The plan of an observed (map, goal) pair is cached, so an episode runs the planner once, not once per step.
+    ``predict`` follows SB3: batched observations in, batched actions out; a single observation gives a single
+    action. Deterministic prediction takes the argmax; otherwise an action is sampled from the softmax.
+    """
+
+    def __init__(
+        self,
+        planner: Planner,
+        device: str | torch.device = "cpu",
+        mapper: torch.nn.Module | None = None,
+        mapper_input: str | None = None,
+        cache_size: int = 256,
+    ):
+        if (mapper is None) != (mapper_input is None):
+            raise ValueError("a mapper needs the observation key it reads (mapper_input), and vice versa")
+        self.device = torch.device(device)
+        self.planner = planner.to(self.device).eval()
+        self.mapper = mapper.to(self.device).eval() if mapper is not None else None
+        self.mapper_input = mapper_input
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.config: dict = {}
+
+    @classmethod
+    def load(cls, path, device: str | torch.device = "cpu") -> PlannerPolicy:
+        """Rebuild the planner (and mapper) a checkpoint of ``python -m idp_agents.imitate`` describes."""
+        payload = load_checkpoint(path, map_location=device)
+        config = payload["config"]
+        planner = make_planner(config["planner"], topology=config["topology"], **config["planner_kwargs"])
+        planner.load_state_dict(payload["model"])
+        mapper, mapper_input = None, None
+        if config.get("mapper"):
+            mapper_input = config["mapper"]["input"]
+            mapper = make_mapper(mapper_input, tuple(config["mapper"]["shape"]))
+            mapper.load_state_dict(payload["mapper"])
+        policy = cls(planner, device, mapper, mapper_input)
+        policy.config = config
+        return policy
+
+    def _maps(self, obs: dict) -> torch.Tensor:
+        """(n, 2, H, W) planner input for a batched observation."""
+        goal = np.asarray(obs["goal"])
+        if self.mapper is None:
+            occupancy = np.asarray(obs["occupancy"])
+            if occupancy.ndim != 3 or goal.shape != occupancy.shape:
+                raise ValueError(
+                    f"occupancy and goal must both be (H, W) or (n, H, W) maps, got {occupancy.shape}, {goal.shape}"
+                )
+            return torch.from_numpy(np.stack([occupancy, goal], axis=1).astype(np.float32)).to(self.device)
+        logits = self.mapper(torch.from_numpy(np.ascontiguousarray(obs[self.mapper_input])).to(self.device))
+        return cspace_planner_maps(logits, torch.from_numpy(goal_cells(goal)).to(self.device))
+
+    def _planned(self, obs: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(logits (4, H, W), value (H, W)) per item of a batched observation, planning only what is not cached."""
+        source = "occupancy" if self.mapper is None else self.mapper_input
+        if source not in obs:
+            raise ValueError(f"observation has no {source!r} (keys: {sorted(obs)}); is this the policy's environment?")
+        inputs, goal = np.asarray(obs[source]), np.asarray(obs["goal"])
+        keys = [
+            hashlib.blake2b(x.tobytes() + g.tobytes() + str(x.shape).encode(), digest_size=16).digest()
+            for x, g in zip(inputs, goal, strict=True)
+        ]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        if missing:
+            with torch.inference_mode():
+                out = self.planner(self._maps({k: np.asarray(v)[missing] for k, v in obs.items()}))
+            logits, value = out.logits.float().cpu().numpy(), out.value.float().cpu().numpy()
+            for j, i in enumerate(missing):
+                self._cache[keys[i]] = (logits[j], value[j])
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        for k in keys:
+            self._cache.move_to_end(k)
+        return [self._cache[k] for k in keys]
+
+    def plan(self, observation) -> np.ndarray:
+        """Action logits (4, H, W) for an observation, or (n, 4, H, W) for a batch."""
+        obs, batched = batched_observation(observation)
+        logits = np.stack([logits for logits, _ in self._planned(obs)])
+        return logits if batched else logits[0]
+
+    def value_map(self, observation) -> np.ndarray:
+        """The planner's value map for an observation: (H, W), or (n, H, W) for a batch."""
+        obs, batched = batched_observation(observation)
+        values = np.stack([value for _, value in self._planned(obs)])
+        return values if batched else values[0]
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        obs, batched = batched_observation(observation)
+        logits = np.stack([logits for logits, _ in self._planned(obs)])
+        position = obs["position"].astype(np.int64)
+        scores = logits[np.arange(len(logits)), :, position[:, 0], position[:, 1]]  # (n, 4)
+        if deterministic:
+            actions = scores.argmax(axis=1)
+        else:
+            p = np.exp(scores - scores.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            actions = (p.cumsum(axis=1) < np.random.random((len(p), 1))).sum(axis=1).clip(0, 3)
+        return (actions if batched else actions[0]), state

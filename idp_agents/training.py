@@ -1,0 +1,82 @@
+"""Imitation learning pieces: the dense loss over all cells, accuracy, and batched closed-loop evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from idp_agents.mappers import cspace_planner_maps
+from idp_agents.planners import Planner
+from rollouts.metrics import PlanningMetrics, policy_metrics
+
+
+def imitation_loss(logits: Tensor, optimal: Tensor) -> Tensor:
+    """Cross-entropy against the set of optimal actions, averaged over every cell that has one.
+
+    Each cell contributes -log P(an optimal action) = -log sum_{a optimal} softmax(logits)_a, so ties between
+    equally short paths are not broken arbitrarily; with one optimal action it is the usual cross-entropy.
+    ``logits`` (B, 4, H, W), ``optimal`` (B, 4, H, W) bool.
+    """
+    cells = optimal.any(dim=1)
+    if not cells.any():
+        raise ValueError("no cell in the batch has an optimal action (every goal unreachable?)")
+    log_p = F.log_softmax(logits.float(), dim=1)
+    log_p_optimal = torch.logsumexp(log_p.masked_fill(~optimal, float("-inf")), dim=1)
+    return -log_p_optimal[cells].mean()
+
+
+def action_accuracy(logits: Tensor, optimal: Tensor) -> Tensor:
+    """Fraction of cells with an optimal action where the argmax action is one of them."""
+    cells = optimal.any(dim=1)
+    hit = optimal.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
+    return hit[cells].float().mean()
+
+
+def planner_actions(planner: Planner, maps: Tensor, batch_size: int = 256) -> Tensor:
+    """(N, H, W) argmax actions of the planner on (N, 2, H, W) maps, in batches, without autograd."""
+    was_training = planner.training
+    planner.eval()
+    with torch.inference_mode():
+        actions = torch.cat(
+            [planner(maps[i : i + batch_size]).logits.argmax(dim=1) for i in range(0, len(maps), batch_size)]
+        )
+    planner.train(was_training)
+    return actions
+
+
+def evaluate_planner(
+    planner: Planner, tensors: dict, batch_size: int = 256, max_steps: int | None = None
+) -> PlanningMetrics:
+    """%Success / %Optimal / SPL of the planner's argmax policy from every reachable start of every map."""
+    actions = planner_actions(planner, tensors["maps"], batch_size)
+    return policy_metrics(
+        actions,
+        tensors["maps"][:, 0].to(torch.uint8),
+        tensors["goal"],
+        tensors["distances"],
+        planner.topology,
+        max_steps,
+    )
+
+
+def batch_rows(source, index: Tensor) -> Tensor:
+    """Rows ``index`` of a tensor, or of a numpy array / memory map (read from disk only for those rows)."""
+    if isinstance(source, Tensor):
+        return source[index.to(source.device)]
+    return torch.from_numpy(np.ascontiguousarray(source[index.cpu().numpy()]))
+
+
+def mapped_maps(mapper: torch.nn.Module, inputs, goal: Tensor, batch_size: int = 64) -> Tensor:
+    """(N, 2, H, W) planner input [predicted occupancy probability, goal one-hot] from a mapper, without autograd."""
+    was_training = mapper.training
+    mapper.eval()
+    chunks = []
+    with torch.inference_mode():
+        for i in range(0, len(goal), batch_size):
+            index = torch.arange(i, min(i + batch_size, len(goal)))
+            logits = mapper(batch_rows(inputs, index).to(goal.device))
+            chunks.append(cspace_planner_maps(logits, goal[index.to(goal.device)]))
+    mapper.train(was_training)
+    return torch.cat(chunks)

@@ -1,0 +1,144 @@
+"""The training command end to end: it learns, resumes, reports, and its policy plugs into SB3."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import idp_envs  # noqa: F401
+from idp_agents import imitate
+from idp_agents.checkpoints import CheckpointError, load_checkpoint
+from idp_agents.policy import PlannerPolicy
+from idp_envs.datasets import load_dataset, task_tensors
+from rollouts.episodes import ReplayTasks
+from rollouts.metrics import hitting_times, policy_metrics
+
+SMALL = "--env GridMaze-v0 --size 9 --planner id-convgppn --hidden 16 --k 20 --k-bwd 10 --val 30 --test 40".split()
+SMALL += ["--no-progress", "--threads", "1"]
+
+
+def run(tmp_path, *extra, name="run"):
+    args = [*SMALL, "--cache-dir", str(tmp_path / "data"), "--out", str(tmp_path / name), *extra]
+    return imitate.main(args)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """ID-ConvGPPN trained on 400 9x9 mazes for 3 epochs (about 10 s)."""
+    tmp_path = tmp_path_factory.mktemp("trained")
+    report = run(tmp_path, "--train", "400", "--epochs", "3", "--lr", "3e-3")
+    return tmp_path, report
+
+
+def random_policy_success(dataset_path) -> float:
+    splits, _ = load_dataset(dataset_path)
+    test = task_tensors(splits["test"])
+    gen = torch.Generator().manual_seed(0)
+    actions = torch.randint(0, 4, test["maps"][:, 0].shape, generator=gen)
+    return policy_metrics(actions, test["maps"][:, 0].to(torch.uint8), test["goal"], test["distances"]).success
+
+
+def test_training_beats_a_random_policy_by_far(trained):
+    tmp_path, report = trained
+    random_success = random_policy_success(report["dataset"])
+    assert report["test"]["success"] > max(0.5, 5 * random_success), (report["test"], random_success)
+    saved = json.loads((tmp_path / "run" / "test_report.json").read_text())
+    assert saved["test"] == report["test"] and "reachable" in saved["denominator"]
+    lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,phase,train_loss") and len(lines) == 4
+
+
+def test_sb3_evaluate_policy_agrees_with_batched_metrics(trained):
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    tmp_path, report = trained
+    policy = PlannerPolicy.load(tmp_path / "run" / "best.pt")
+    splits, _ = load_dataset(report["dataset"])
+    tasks = splits["test"].subset(slice(0, 12))
+    env = ReplayTasks(gym.make("IDP/GridMaze-v0", size=9), tasks)
+    rewards, lengths = evaluate_policy(policy, env, n_eval_episodes=12, return_episode_rewards=True, warn=False)
+    sb3_success = np.isclose(np.array(rewards), 1.0 - 0.01 * (np.array(lengths) - 1))
+    # the same tasks through the batched metrics: hitting time from each task's start
+    t = task_tensors(tasks)
+    observations = {
+        "occupancy": tasks.occupancy,
+        "goal": t["maps"][:, 1].numpy().astype(np.uint8),
+        "position": tasks.start,
+    }
+    actions = torch.from_numpy(policy.plan(observations).argmax(axis=1))
+    times = hitting_times(actions, t["maps"][:, 0].to(torch.uint8), t["goal"], "plane", 81)
+    at_start = times[torch.arange(12), t["start"][:, 0], t["start"][:, 1]].numpy()
+    assert np.array_equal(sb3_success, at_start >= 0)
+    assert np.array_equal(np.array(lengths)[sb3_success], at_start[at_start >= 0])
+
+
+def test_policy_predicts_single_and_batched_observations(trained):
+    tmp_path, _ = trained
+    policy = PlannerPolicy.load(tmp_path / "run" / "best.pt")
+    env = gym.make("IDP/GridMaze-v0", size=9)
+    obs, _ = env.reset(seed=1)
+    single, _ = policy.predict(obs)
+    batched, _ = policy.predict({k: np.stack([v, v]) for k, v in obs.items()})
+    assert np.ndim(single) == 0 and batched.tolist() == [single, single]
+    sampled, _ = policy.predict(obs, deterministic=False)
+    assert 0 <= int(sampled) < 4
+    with pytest.raises(ValueError, match="occupancy"):
+        policy.predict({"occupancy": obs["occupancy"], "goal": obs["goal"][:3], "position": obs["position"]})
+
+
+def test_resume_continues_after_an_interrupted_epoch(tmp_path, monkeypatch):
+    run(tmp_path, "--train", "64", "--epochs", "1")
+    first = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert first["epoch"] == 0
+
+    calls = {"n": 0}
+    original = imitate.imitation_loss
+
+    def crash_in_second_epoch(*args):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the second batch of the second epoch
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(imitate, "imitation_loss", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "--train", "64", "--epochs", "2", "--resume")
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0  # the finished epoch is kept
+    monkeypatch.setattr(imitate, "imitation_loss", original)
+    report = run(tmp_path, "--train", "64", "--epochs", "2", "--resume")
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 1 and [h["epoch"] for h in state["history"]] == [1, 2]
+    assert report["test"]["starts"] > 0
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    run(tmp_path, "--train", "32", "--epochs", "1")
+    with pytest.raises(SystemExit, match="other settings"):
+        run(tmp_path, "--train", "32", "--epochs", "2", "--resume", "--lr", "0.1")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    run(tmp_path, "--train", "32", "--epochs", "1")
+    path = tmp_path / "run" / "last.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated"):
+        PlannerPolicy.load(path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--env", "Maze-3"], "unknown environment"),
+        (["--planner", "gppn"], "valid names"),
+        (["--planner", "convgppn", "--l-q", "3"], "does not take"),
+    ],
+)
+def test_bad_names_list_the_valid_ones(tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        imitate.main([*args, "--out", str(tmp_path / "x"), "--cache-dir", str(tmp_path), "--no-progress"])

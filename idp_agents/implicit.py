@@ -25,6 +25,7 @@ __all__ = ["FixedPointConfig", "FixedPointInfo", "jacobian_frobenius_estimate", 
 MODES = ("unrolled", "implicit")
 GRADIENTS = ("implicit", "phantom")
 DIVERGENCE_POLICIES = ("raise", "warn")
+FORWARD_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -33,7 +34,9 @@ class FixedPointConfig:
 
     ``phantom_damping`` is the damping lambda of the phantom gradient's steps z <- z + lambda (f(z) - z)
     (Geng et al., 2021); 1.0 with one step is the one-step (Jacobian-free) gradient. The ``jac_reg_every``
-    schedule counts the grad-enabled calls made with this config object.
+    schedule counts the grad-enabled calls made with this config object. ``forward_dtype`` ("bfloat16" or
+    "float16") runs the implicit forward solve's steps under autocast to that dtype (meant for CUDA), casting each
+    step's output back to the state's dtype; the final step with autograd and the backward stay in full precision.
     """
 
     mode: str = "implicit"
@@ -49,6 +52,7 @@ class FixedPointConfig:
     jac_reg_weight: float = 0.0
     jac_reg_every: int = 1
     on_divergence: str = "raise"
+    forward_dtype: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -73,6 +77,11 @@ class FixedPointConfig:
             tol = getattr(self, name)
             if tol is not None and tol < 0:
                 raise ValueError(f"FixedPointConfig.{name} must be non-negative or None, got {tol}")
+        if self.forward_dtype is not None and self.forward_dtype not in FORWARD_DTYPES:
+            raise ValueError(
+                f"FixedPointConfig.forward_dtype={self.forward_dtype!r} is not None or one of "
+                f"{', '.join(FORWARD_DTYPES)}"
+            )
         if self.jac_reg_weight < 0:
             raise ValueError(f"FixedPointConfig.jac_reg_weight must be non-negative, got {self.jac_reg_weight}")
         if not 0 < self.phantom_damping <= 1:
@@ -157,6 +166,17 @@ def _damped_steps(f: Callable[[Tensor], Tensor], z: Tensor, fz: Tensor, config: 
     return z
 
 
+def _autocast_step(f: Callable[[Tensor], Tensor], z0: Tensor, dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+    """f under autocast to ``dtype`` on z0's device, its output cast back to z0's dtype for the solver."""
+
+    def f_autocast(z: Tensor) -> Tensor:
+        with torch.autocast(device_type=z0.device.type, dtype=dtype):
+            fz = f(z)
+        return fz.to(z0.dtype)
+
+    return f_autocast
+
+
 def solve_fixed_point(
     f: Callable[[Tensor], Tensor], z0: Tensor, config: FixedPointConfig
 ) -> tuple[Tensor, FixedPointInfo]:
@@ -179,7 +199,8 @@ def solve_fixed_point(
         return z, FixedPointInfo(forward=None, jac_loss=jac_loss)
 
     with torch.no_grad():
-        z_star, forward_info = get_solver(config.solver_fwd)(f, z0.detach(), config.k_fwd, config.tol_fwd)
+        f_solve = f if config.forward_dtype is None else _autocast_step(f, z0, FORWARD_DTYPES[config.forward_dtype])
+        z_star, forward_info = get_solver(config.solver_fwd)(f_solve, z0.detach(), config.k_fwd, config.tol_fwd)
     _check_divergence(forward_info, "forward", config.solver_fwd, config.on_divergence)
     info = FixedPointInfo(forward=forward_info, jac_loss=None)
     if not training:

@@ -10,6 +10,10 @@ that residual read on the host (one sync per check), to stop once every sample h
 ``tol=None`` the full budget runs without any device-to-host synchronisation, and divergence is only flagged.
 Each solver returns, per sample, the checked iterate with the lowest residual, so a solver that degrades
 (Anderson or Broyden overshooting, a step producing NaN) still returns its best point.
+
+Anderson's and Broyden's history buffers are taken from a small cache keyed by shape, dtype and device and
+given back after the solve, so repeated solves of one shape (every training step, every evaluation batch)
+allocate nothing large; a solve running inside another (a backward solve during a forward one) gets its own.
 """
 
 from __future__ import annotations
@@ -20,11 +24,32 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SOLVERS", "SolverInfo", "anderson", "broyden", "forward_iteration", "get_solver"]
+__all__ = ["SOLVERS", "SolverInfo", "anderson", "broyden", "clear_workspaces", "forward_iteration", "get_solver"]
 
 RESIDUAL_EPS = 1e-12
 EXPLOSION_FACTOR = 1e3
 EXPLOSION_LIMIT = 1e6
+WORKSPACE_SLOTS = 8
+
+_workspaces: dict[tuple, tuple[Tensor, ...]] = {}
+
+
+def _take_workspace(key: tuple, build: Callable[[], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+    """Buffers for ``key`` from the cache (removed while in use), or freshly built ones."""
+    buffers = _workspaces.pop(key, None)
+    return build() if buffers is None else buffers
+
+
+def _give_workspace(key: tuple, buffers: tuple[Tensor, ...]) -> None:
+    """Return buffers to the cache, dropping the oldest entry beyond WORKSPACE_SLOTS."""
+    _workspaces[key] = buffers
+    while len(_workspaces) > WORKSPACE_SLOTS:
+        _workspaces.pop(next(iter(_workspaces)))
+
+
+def clear_workspaces() -> None:
+    """Free the cached solver buffers."""
+    _workspaces.clear()
 
 
 @dataclass
@@ -169,14 +194,20 @@ def anderson(
     f_flat = _flat(f, z0)
     batch = z0.shape[0]
     x = z0.reshape(batch, -1)
-    history_x = x.new_zeros(batch, m, x.shape[1])
-    history_g = x.new_zeros(batch, m, x.shape[1])
-    gram = x.new_zeros(batch, m, m)
-    bordered = x.new_zeros(batch, m + 1, m + 1)
-    bordered[:, 0, 1:] = 1
-    bordered[:, 1:, 0] = 1
-    rhs = x.new_zeros(batch, m + 1, 1)
-    rhs[:, 0] = 1
+
+    def build() -> tuple[Tensor, ...]:
+        # Every entry of the history and the Gram matrix is written before it is read: empty is enough.
+        bordered = x.new_zeros(batch, m + 1, m + 1)
+        bordered[:, 0, 1:] = 1
+        bordered[:, 1:, 0] = 1
+        rhs = x.new_zeros(batch, m + 1, 1)
+        rhs[:, 0] = 1
+        history = x.new_empty(batch, m, x.shape[1])
+        return history, torch.empty_like(history), x.new_empty(batch, m, m), bordered, rhs
+
+    key = ("anderson", batch, x.shape[1], m, x.dtype, x.device)
+    workspace = _take_workspace(key, build)
+    history_x, history_g, gram, bordered, rhs = workspace
     tiny = torch.finfo(x.dtype).tiny ** 0.5
     monitor = _ConvergenceMonitor(x, max_iter, tol, check_every)
     for iteration in range(1, max_iter + 1):
@@ -197,6 +228,7 @@ def anderson(
         alpha = torch.linalg.solve_ex(system, rhs[:, : n + 1])[0][:, 1:, 0]
         # beta * sum(alpha F) + (1 - beta) * sum(alpha X), with F = X + G
         x = torch.bmm(alpha[:, None], xs)[:, 0] + beta * torch.bmm(alpha[:, None], gs)[:, 0]
+    _give_workspace(key, workspace)
     return monitor.result(z0.shape)
 
 
@@ -218,8 +250,12 @@ def broyden(
     batch = z0.shape[0]
     x = z0.reshape(batch, -1)
     rank = max(max_iter - 1, 1)
-    us = x.new_zeros(batch, rank, x.shape[1])
-    vts = x.new_zeros(batch, rank, x.shape[1])
+    key = ("broyden", batch, x.shape[1], rank, x.dtype, x.device)
+    # Slot r is written before any product reads it (products read slots < r): empty is enough.
+    workspace = _take_workspace(
+        key, lambda: (x.new_empty(batch, rank, x.shape[1]), x.new_empty(batch, rank, x.shape[1]))
+    )
+    us, vts = workspace
     tiny = torch.finfo(x.dtype).tiny ** 0.5
     monitor = _ConvergenceMonitor(x, max_iter, tol, check_every)
 
@@ -237,6 +273,7 @@ def broyden(
     fx = f_flat(x)
     gx = fx - x
     if monitor.observe(1, x, fx):
+        _give_workspace(key, workspace)
         return monitor.result(z0.shape)
     for iteration in range(2, max_iter + 1):
         r = iteration - 2
@@ -255,6 +292,7 @@ def broyden(
         us[:, r] = torch.where(usable[:, None], u, 0.0)
         vts[:, r] = torch.where(usable[:, None], vt, 0.0)
         x, gx = x_new, gx_new
+    _give_workspace(key, workspace)
     return monitor.result(z0.shape)
 
 

@@ -50,11 +50,16 @@ def same_conv_module(in_channels: int, out_channels: int, kernel: int, topology:
 
 
 class BellmanStep(nn.Module, ABC):
-    """One weight-tied Bellman step f(z, ctx) with its encoder and policy head."""
+    """One weight-tied Bellman step f(z, ctx) with its encoder and policy head.
+
+    ``fused``: when autograd is off (the implicit forward solve, evaluation), take the step's fused kernel if it
+    has one (see ``idp_agents.planners.fused``); set it False to force the plain, reference path.
+    """
 
     def __init__(self, topology: str = "plane") -> None:
         super().__init__()
         self.topology = check_topology(topology)
+        self.fused = True
 
     def conv(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """A 'same' convolution padded according to this step's topology."""

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from idp_agents.planners.base import BellmanStep, check_odd_kernel, check_positive, same_conv_module
+from idp_agents.planners.fused import compile_wanted, compiled_gru_update, gru_update_inplace, use_fused
 
 
 @dataclass
@@ -41,8 +42,13 @@ class ConvGPPNStep(BellmanStep):
         return ctx.input_gates.new_zeros(b, self.hidden, h, w)
 
     def forward(self, z: Tensor, ctx: ConvGPPNContext) -> Tensor:
+        hidden_gates = self.hidden_gates(z)
+        if use_fused(self.fused):
+            if compile_wanted(z.device):
+                return compiled_gru_update(ctx.input_gates, hidden_gates, z)
+            return gru_update_inplace(ctx.input_gates, hidden_gates, z)
         x_reset, x_update, x_candidate = ctx.input_gates.chunk(3, dim=1)
-        h_reset, h_update, h_candidate = self.hidden_gates(z).chunk(3, dim=1)
+        h_reset, h_update, h_candidate = hidden_gates.chunk(3, dim=1)
         reset = torch.sigmoid(x_reset + h_reset)
         update = torch.sigmoid(x_update + h_update)
         candidate = torch.tanh(x_candidate + reset * h_candidate)

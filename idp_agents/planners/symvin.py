@@ -17,12 +17,13 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from idp_agents.planners.base import BellmanStep, check_odd_kernel, check_positive
+from idp_agents.planners.fused import TapMax, use_fused
 
 GROUP_ORDERS = {"c4": 4, "d4": 8}
 FIELD_KINDS = ("trivial", "regular")
@@ -110,6 +111,8 @@ class SymVINContext:
     q_reward: Tensor  # (B, l_q * |G|, H, W)
     q_value_filter: Tensor  # (l_q * |G|, |G|, F, F)
     policy_filter: Tensor  # (|G|, l_q * |G|, 1, 1)
+    q_reward_filter: Tensor | None = None  # (l_q * |G|, 1, F, F), kept for the fused step
+    tap_max: TapMax | None = field(default=None, repr=False)  # the fused step, built on the first no-grad step
 
 
 class SymVINStep(BellmanStep):
@@ -141,8 +144,9 @@ class SymVINStep(BellmanStep):
     def encode(self, maps: Tensor) -> SymVINContext:
         hidden = self.conv(maps, *self.h.filter())
         reward = self.conv(hidden, *self.r.filter())
-        q_reward = self.conv(reward, *self.q_reward.filter())
-        return SymVINContext(reward, q_reward, self.q_value.filter()[0], self.policy.filter()[0])
+        q_reward_filter = self.q_reward.filter()[0]
+        q_reward = self.conv(reward, q_reward_filter)
+        return SymVINContext(reward, q_reward, self.q_value.filter()[0], self.policy.filter()[0], q_reward_filter)
 
     def initial_state(self, ctx: SymVINContext) -> Tensor:
         b, _, h, w = ctx.reward.shape
@@ -153,6 +157,10 @@ class SymVINStep(BellmanStep):
         return ctx.q_reward + self.conv(v, ctx.q_value_filter)
 
     def forward(self, z: Tensor, ctx: SymVINContext) -> Tensor:
+        if use_fused(self.fused) and ctx.q_reward_filter is not None:
+            if ctx.tap_max is None:
+                ctx.tap_max = TapMax(ctx.reward, ctx.q_reward_filter, ctx.q_value_filter, self.l_q, self.topology)
+            return ctx.tap_max(z)
         q = self.q_values(z, ctx)
         return q.unflatten(1, (self.l_q, self.order)).amax(dim=1)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from idp_agents.planners.base import BellmanStep, check_odd_kernel, check_positive, same_conv_module
+from idp_agents.planners.fused import TapMax, use_fused
 
 
 @dataclass
@@ -17,6 +18,7 @@ class VINContext:
 
     reward: Tensor  # (B, 1, H, W)
     q_reward: Tensor  # (B, l_q, H, W): conv(r, w_r), the part of Q that does not change between steps
+    tap_max: TapMax | None = field(default=None, repr=False)  # the fused step, built on the first no-grad step
 
 
 class VINStep(BellmanStep):
@@ -49,6 +51,10 @@ class VINStep(BellmanStep):
         return ctx.q_reward + self.conv(v, self.q_value)
 
     def forward(self, z: Tensor, ctx: VINContext) -> Tensor:
+        if use_fused(self.fused):
+            if ctx.tap_max is None:
+                ctx.tap_max = TapMax(ctx.reward, self.q_reward, self.q_value, self.l_q, self.topology)
+            return ctx.tap_max(z)
         return self.q_values(z, ctx).amax(dim=1, keepdim=True)
 
     def head(self, z: Tensor, ctx: VINContext) -> Tensor:

@@ -1,0 +1,204 @@
+"""Fused Bellman steps for the no-grad forward solve and evaluation, and the switches that select them.
+
+VIN and SymVIN: Q_c = sum_s u_{c,s} r(x+s) + sum_s w_{c,s} v(x+s) is one small matrix (C x F) times the F shifted
+taps of [r, v] at each cell, so v' = max_c Q_c is a chunked matmul over cells followed by a running max: the
+(B, C, H, W) Q tensor is never written, only a cache-sized block of it. The reward taps are written once per solve.
+ConvGPPN: the GRU gate arithmetic runs in place on the hidden-gate convolution's output.
+
+Switches: ``IDP_FUSED=0`` (or ``set_fused(False)`` / ``with plain_steps():``, or ``step.fused = False``) forces the
+plain conv-then-max path; the fused path only ever runs when autograd is off, so training graphs are unchanged.
+``IDP_COMPILE`` chooses torch.compile for the fused kernels: ``auto`` (default) compiles on CUDA only, because on
+the 2-core AVX2 CPU it measured no faster than the eager fused kernels; ``1`` compiles everywhere; ``0`` never.
+A compilation failure falls back to the eager kernel with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "COMPILE_ENV",
+    "FUSED_ENV",
+    "MaybeCompiled",
+    "TapMax",
+    "compile_wanted",
+    "fused_enabled",
+    "gru_update_inplace",
+    "plain_steps",
+    "set_fused",
+    "shifted_taps",
+    "use_fused",
+]
+
+FUSED_ENV = "IDP_FUSED"
+COMPILE_ENV = "IDP_COMPILE"
+COMPILE_CHOICES = ("auto", "0", "1")
+CHUNK_BYTES = 2**21  # a block of Q this size stays in cache between the matmul and the max
+
+_fused = os.environ.get(FUSED_ENV, "1") != "0"
+
+
+def fused_enabled() -> bool:
+    """Whether fused steps are globally allowed (``IDP_FUSED``, ``set_fused``, ``plain_steps``)."""
+    return _fused
+
+
+def set_fused(enabled: bool) -> None:
+    """Globally allow (True) or forbid (False) the fused steps."""
+    global _fused
+    _fused = bool(enabled)
+
+
+@contextmanager
+def plain_steps() -> Iterator[None]:
+    """Run the block with every step on its plain (reference) path."""
+    previous = _fused
+    set_fused(False)
+    try:
+        yield
+    finally:
+        set_fused(previous)
+
+
+def use_fused(step_fused: bool) -> bool:
+    """True when a step whose own flag is ``step_fused`` should take its fused path now (autograd off)."""
+    return step_fused and _fused and not torch.is_grad_enabled()
+
+
+def compile_wanted(device: torch.device) -> bool:
+    """Whether ``IDP_COMPILE`` asks for torch.compile on ``device``."""
+    choice = os.environ.get(COMPILE_ENV, "auto")
+    if choice not in COMPILE_CHOICES:
+        raise ValueError(f"{COMPILE_ENV} must be one of {COMPILE_CHOICES}, got {choice!r}")
+    return choice == "1" or (choice == "auto" and device.type == "cuda")
+
+
+class MaybeCompiled:
+    """Call ``fn`` through torch.compile when ``IDP_COMPILE`` asks for it on the first argument's device.
+
+    The first failure to compile or run compiled disables compilation for this function (with a warning) and
+    falls back to ``fn``, which is the reference the tests compare against.
+    """
+
+    def __init__(self, fn: Callable[..., Tensor]) -> None:
+        self.fn = fn
+        self.compiled: Callable[..., Tensor] | None = None
+        self.failed = False
+
+    def __call__(self, *args: Tensor) -> Tensor:
+        if not self.failed and compile_wanted(args[0].device):
+            try:
+                if self.compiled is None:
+                    self.compiled = torch.compile(self.fn)
+                return self.compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
+                self.failed = True
+                warnings.warn(
+                    f"torch.compile of {self.fn.__name__} failed ({type(exc).__name__}: {exc}); running it eagerly",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return self.fn(*args)
+
+
+def shifted_taps(x: Tensor, kernel: int, topology: str, out: Tensor) -> Tensor:
+    """Write the k*k shifted copies of x (B, C, H, W) into out (C*k*k, B*H*W), rows in conv2d's (c, i, j) order.
+
+    Row (c, i, j) at cell (b, y, x) holds x[b, c, y + i - k//2, x + j - k//2]: zero outside a plane, wrapped on a
+    torus, so ``weight.reshape(C_out, -1) @ out`` equals a 'same' conv2d with that weight, one column per cell.
+    """
+    batch, channels, height, width = x.shape
+    pad = kernel // 2
+    padded = F.pad(x, (pad, pad, pad, pad), mode="circular" if topology == "torus" else "constant")
+    s_b, s_c, s_h, s_w = padded.stride()
+    windows = padded.as_strided(
+        (channels, kernel, kernel, batch, height, width), (s_c, s_h, s_w, s_b, s_h, s_w), padded.storage_offset()
+    )
+    out.view(channels, kernel, kernel, batch, height, width).copy_(windows)
+    return out
+
+
+def _tap_max_block(weight: Tensor, taps: Tensor, copies: int) -> Tensor:
+    """max over the ``copies`` groups of rows of weight @ taps: (copies * G, F) x (F, n) -> (G, n)."""
+    q = weight @ taps
+    return q.view(copies, -1, q.shape[-1]).amax(dim=0)
+
+
+_compiled_tap_max = MaybeCompiled(_tap_max_block)
+
+
+class TapMax:
+    """The fused VIN/SymVIN step for one solve: v' = max over copies of (W_r R + W_v V), R and V shifted taps.
+
+    ``weight_r`` (C, C_r, k, k) and ``weight_v`` (C, G, k, k) are conv2d weights with C = copies * G output
+    channels, channel c = copy * G + g; the reward (B, C_r, H, W) is fixed for the solve. Calling it on v
+    (B, G, H, W) returns the (B, G, H, W) maximum over copies, computed in blocks of cells.
+    """
+
+    def __init__(self, reward: Tensor, weight_r: Tensor, weight_v: Tensor, copies: int, topology: str) -> None:
+        reward, weight_r, weight_v = reward.detach(), weight_r.detach(), weight_v.detach()
+        self.kernel = weight_v.shape[-1]
+        if weight_r.shape[-1] != self.kernel:
+            raise ValueError(f"reward and value kernels differ: {weight_r.shape[-1]} vs {self.kernel}")
+        self.copies = copies
+        self.topology = topology
+        self.groups = weight_v.shape[1]
+        self.shape = (reward.shape[0], self.groups, *reward.shape[2:])
+        self.weight = torch.cat([weight_r.flatten(1), weight_v.flatten(1)], dim=1).contiguous()
+        self.n_reward = weight_r[0].numel()
+        cells = reward.shape[0] * reward.shape[2] * reward.shape[3]
+        self.taps = reward.new_empty(self.weight.shape[1], cells)
+        shifted_taps(reward, self.kernel, topology, self.taps[: self.n_reward])
+        if reward.device.type == "cuda":
+            self.chunk = cells  # memory is plentiful and launches are not: one matmul
+        else:
+            self.chunk = max(256, CHUNK_BYTES // (self.weight.shape[0] * reward.element_size()))
+
+    def __call__(self, v: Tensor) -> Tensor:
+        if tuple(v.shape) != self.shape:
+            raise ValueError(f"value state must have shape {self.shape}, got {tuple(v.shape)}")
+        shifted_taps(v, self.kernel, self.topology, self.taps[self.n_reward :])
+        cells = self.taps.shape[1]
+        if self.chunk >= cells:
+            out = _compiled_tap_max(self.weight, self.taps, self.copies)
+        else:
+            out = v.new_empty(self.groups, cells)
+            for start in range(0, cells, self.chunk):
+                block = self.taps[:, start : start + self.chunk]
+                out[:, start : start + self.chunk] = _tap_max_block(self.weight, block, self.copies)
+        batch, groups, height, width = self.shape
+        return out.view(groups, batch, height, width).transpose(0, 1).contiguous()
+
+
+def gru_update_inplace(input_gates: Tensor, hidden_gates: Tensor, z: Tensor) -> Tensor:
+    """ConvGRU update candidate + update * (z - candidate), computed in place in ``hidden_gates`` (overwritten).
+
+    Gates are [reset, update, candidate] along dim 1; tanh(c) is taken as 2 sigmoid(2c) - 1, about three times
+    cheaper than tanh on an AVX2 CPU and equal to it within float rounding.
+    """
+    hidden = z.shape[1]
+    reset_update = hidden_gates[:, : 2 * hidden].add_(input_gates[:, : 2 * hidden]).sigmoid_()
+    reset, update = reset_update[:, :hidden], reset_update[:, hidden:]
+    candidate = hidden_gates[:, 2 * hidden :].mul_(reset).add_(input_gates[:, 2 * hidden :])
+    candidate = candidate.mul_(2).sigmoid_().mul_(2).sub_(1)
+    return torch.lerp(candidate, z, update)
+
+
+def _gru_update(input_gates: Tensor, hidden_gates: Tensor, z: Tensor) -> Tensor:
+    """The out-of-place ConvGRU update, the form torch.compile fuses into one kernel."""
+    x_reset, x_update, x_candidate = input_gates.chunk(3, dim=1)
+    h_reset, h_update, h_candidate = hidden_gates.chunk(3, dim=1)
+    reset = torch.sigmoid(x_reset + h_reset)
+    update = torch.sigmoid(x_update + h_update)
+    candidate = torch.tanh(x_candidate + reset * h_candidate)
+    return candidate + update * (z - candidate)
+
+
+compiled_gru_update = MaybeCompiled(_gru_update)

@@ -131,7 +131,16 @@ def _jac_loss_due(config: FixedPointConfig) -> bool:
     return due
 
 
-def _attach_implicit_backward(fz: Tensor, z_star: Tensor, config: FixedPointConfig, info: FixedPointInfo) -> Tensor:
+TransposedJacobian = Callable[[Tensor], Callable[[Tensor], Tensor] | None]
+
+
+def _attach_implicit_backward(
+    fz: Tensor,
+    z_star: Tensor,
+    config: FixedPointConfig,
+    info: FixedPointInfo,
+    transposed_jacobian: TransposedJacobian | None = None,
+) -> Tensor:
     """Return a view of fz whose incoming gradient g is replaced by the solution of w = J^T w + g.
 
     The hook sits on a view downstream of fz, so the solver's own vector-Jacobian products (rooted at fz) never
@@ -144,7 +153,11 @@ def _attach_implicit_backward(fz: Tensor, z_star: Tensor, config: FixedPointConf
         if grad is None:
             return None
 
+        product = None if transposed_jacobian is None else transposed_jacobian(z_star.detach())
+
         def backward_step(w: Tensor) -> Tensor:
+            if product is not None:
+                return product(w) + grad
             return torch.autograd.grad(fz, z_star, w, retain_graph=True)[0] + grad
 
         w, solver_info = solver(backward_step, grad, config.k_bwd, config.tol_bwd)
@@ -178,12 +191,17 @@ def _autocast_step(f: Callable[[Tensor], Tensor], z0: Tensor, dtype: torch.dtype
 
 
 def solve_fixed_point(
-    f: Callable[[Tensor], Tensor], z0: Tensor, config: FixedPointConfig
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    config: FixedPointConfig,
+    transposed_jacobian: TransposedJacobian | None = None,
 ) -> tuple[Tensor, FixedPointInfo]:
     """Find z = f(z) from z0 as ``config`` says; gradients reach whatever f closes over through the output.
 
     Unrolled: k_fwd applications of f under autograd. Implicit: the forward solver under no_grad, then one
     application of f with autograd and either the IFT backward hook or the phantom gradient's damped steps.
+    ``transposed_jacobian(z_star)``, if given and not returning None, supplies w -> J^T w for the IFT backward
+    solve in place of autograd's vector-Jacobian products through f's graph.
     """
     config.validate()
     training = torch.is_grad_enabled()
@@ -215,4 +233,4 @@ def solve_fixed_point(
         return _damped_steps(f, z_star, fz, config), info
     if not fz.requires_grad:
         return fz, info
-    return _attach_implicit_backward(fz, z_star, config, info), info
+    return _attach_implicit_backward(fz, z_star, config, info, transposed_jacobian), info

@@ -233,3 +233,27 @@ def test_reduced_precision_forward_solve_keeps_a_float32_state_and_backward():
     assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in planner.parameters())
     with pytest.raises(ValueError, match="forward_dtype"):
         FixedPointConfig(forward_dtype="int8")
+
+
+@pytest.mark.parametrize("topology", ["plane", "torus"])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_vin_transposed_jacobian_equals_autograd_vector_jacobian_products(topology, kernel):
+    planner = perturbed_planner("id-vin", topology, l_h=4, l_q=6, kernel=kernel)
+    maps = random_maps(2, 7, 6, seed=5)
+    ctx = planner.step.encode(maps)
+    z = torch.randn(2, 1, 7, 6, requires_grad=True)
+    w = torch.randn(2, 1, 7, 6)
+    (expected,) = torch.autograd.grad(planner.step(z, ctx), z, w)
+    product = planner.step.transposed_jacobian(z.detach(), ctx)
+    assert torch.allclose(product(w), expected, atol=1e-5)
+    with plain_steps():
+        assert planner.step.transposed_jacobian(z.detach(), ctx) is None
+
+
+def test_fold_taps_is_the_transpose_of_shifted_taps():
+    """<fold(t), x> = <t, taps(x)> for every topology: the backward of the fused VIN step is exact."""
+    for topology in ("plane", "torus"):
+        x, t = torch.randn(2, 3, 5, 4), torch.randn(2, 3 * 9, 5 * 4)
+        taps = shifted_taps(x, 3, topology, torch.empty(27, 2 * 5 * 4)).view(27, 2, 20).transpose(0, 1)
+        lhs = (fused.fold_taps(t, 5, 4, 3, topology) * x).sum()
+        assert torch.allclose(lhs, (t * taps).sum(), atol=1e-4)

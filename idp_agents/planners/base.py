@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,10 @@ class BellmanStep(nn.Module, ABC):
     def forward(self, z: Tensor, ctx: Any) -> Tensor:
         """One Bellman step; returns a tensor of the same shape as z."""
 
+    def transposed_jacobian(self, z: Tensor, ctx: Any) -> Callable[[Tensor], Tensor] | None:
+        """Optionally, a fast w -> J^T w (J = d forward / d z at z) for the implicit backward solve; None: autograd."""
+        return None
+
     @abstractmethod
     def head(self, z: Tensor, ctx: Any) -> Tensor:
         """Action logits (B, 4, H, W) in the order N, W, S, E."""
@@ -124,5 +129,10 @@ class Planner(nn.Module):
 
     def forward(self, maps: Tensor) -> PlannerOutput:
         ctx = self.step.encode(check_maps(maps))
-        z, info = solve_fixed_point(lambda state: self.step(state, ctx), self.step.initial_state(ctx), self.fixed_point)
+        z, info = solve_fixed_point(
+            lambda state: self.step(state, ctx),
+            self.step.initial_state(ctx),
+            self.fixed_point,
+            transposed_jacobian=lambda z_star: self.step.transposed_jacobian(z_star, ctx),
+        )
         return PlannerOutput(logits=self.step.head(z, ctx), value=self.step.value_map(z), info=info)

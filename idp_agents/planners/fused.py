@@ -29,6 +29,7 @@ __all__ = [
     "MaybeCompiled",
     "TapMax",
     "compile_wanted",
+    "fold_taps",
     "fused_enabled",
     "gru_update_inplace",
     "plain_steps",
@@ -175,6 +176,21 @@ class TapMax:
                 out[:, start : start + self.chunk] = _tap_max_block(self.weight, block, self.copies)
         batch, groups, height, width = self.shape
         return out.view(groups, batch, height, width).transpose(0, 1).contiguous()
+
+
+def fold_taps(taps: Tensor, height: int, width: int, kernel: int, topology: str) -> Tensor:
+    """The transpose of `shifted_taps` per sample: (B, C*k*k, H*W) tap values summed back onto (B, C, H, W).
+
+    Contributions that ``shifted_taps`` read from the zero padding are dropped on a plane and wrapped on a torus.
+    """
+    pad = kernel // 2
+    if topology != "torus" or pad == 0:
+        return F.fold(taps, (height, width), kernel, padding=pad)
+    full = F.fold(taps, (height + 2 * pad, width + 2 * pad), kernel)
+    rows = (torch.arange(height + 2 * pad, device=taps.device) - pad) % height
+    cols = (torch.arange(width + 2 * pad, device=taps.device) - pad) % width
+    wrapped = full.new_zeros(*full.shape[:2], height, width + 2 * pad).index_add_(2, rows, full)
+    return wrapped.new_zeros(*full.shape[:2], height, width).index_add_(3, cols, wrapped)
 
 
 def gru_update_inplace(input_gates: Tensor, hidden_gates: Tensor, z: Tensor) -> Tensor:

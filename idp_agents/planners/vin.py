@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from idp_agents.planners.base import BellmanStep, check_odd_kernel, check_positive, same_conv_module
-from idp_agents.planners.fused import TapMax, use_fused
+from idp_agents.planners.fused import TapMax, fold_taps, fused_enabled, use_fused
 
 
 @dataclass
@@ -56,6 +57,25 @@ class VINStep(BellmanStep):
                 ctx.tap_max = TapMax(ctx.reward, self.q_reward, self.q_value, self.l_q, self.topology)
             return ctx.tap_max(z)
         return self.q_values(z, ctx).amax(dim=1, keepdim=True)
+
+    def transposed_jacobian(self, z: Tensor, ctx: VINContext) -> Callable[[Tensor], Tensor] | None:
+        """w -> J^T w at z, J = d step / d v: each cell sends w times its argmax channel's value filter back.
+
+        Builds (B, k*k, H*W) coefficients once, so each product is k*k multiplies and a fold instead of a
+        (B, l_q, H, W) scatter and a transposed convolution. Ties in the max are broken towards the first channel
+        (autograd's amax splits the gradient between them; a tie is a point where the step is not differentiable).
+        """
+        if not self.fused or not fused_enabled():
+            return None
+        with torch.no_grad():
+            best = self.q_values(z, ctx).argmax(dim=1).flatten(1)  # (B, H*W)
+            coefficients = self.q_value.detach().flatten(1)[best].transpose(1, 2)  # (B, k*k, H*W)
+        height, width = z.shape[-2:]
+
+        def product(w: Tensor) -> Tensor:
+            return fold_taps(coefficients * w.flatten(2), height, width, self.kernel, self.topology)
+
+        return product
 
     def head(self, z: Tensor, ctx: VINContext) -> Tensor:
         return self.policy(self.q_values(z, ctx))

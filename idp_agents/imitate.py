@@ -31,7 +31,7 @@ from idp_agents.training import (
     batch_rows,
     evaluate_planner,
     imitation_loss,
-    mapped_maps,
+    mapper_logits,
     planner_actions,
 )
 from idp_envs import resolve_env_id, views
@@ -58,6 +58,7 @@ class RunConfig:
     tol_bwd: float | None = None
     gradient: str = "implicit"
     jac_reg: float = 0.0
+    on_divergence: str = "raise"
     l_h: int | None = None
     l_q: int | None = None
     hidden: int | None = None
@@ -101,6 +102,7 @@ class RunConfig:
             "tol_bwd": self.tol_bwd,
             "gradient": self.gradient,
             "jac_reg_weight": self.jac_reg,
+            "on_divergence": self.on_divergence,
         }
         return {**fixed_point, **step}
 
@@ -133,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tol-bwd", type=float, default=None, help="stop the backward solve at this relative residual")
     add("--gradient", default=defaults.gradient, help="implicit (IFT backward solve) | phantom")
     add("--jac-reg", type=float, default=defaults.jac_reg, help="weight of the Jacobian regulariser")
+    add(
+        "--on-divergence",
+        default=defaults.on_divergence,
+        help="when a fixed-point solve diverges: raise (stop the run) | warn (report it and go on)",
+    )
     add("--l-h", type=int, help="VIN/SymVIN hidden channels (default 150 for VIN)")
     add("--l-q", type=int, help="VIN/SymVIN Q channels (default 100 for VIN)")
     add("--hidden", type=int, help="ConvGPPN hidden channels (default 40)")
@@ -185,19 +192,25 @@ def resolve_device(name: str) -> torch.device:
 
 
 def rng_state() -> dict:
+    """Every random generator a run draws from, as plain data a weights-only checkpoint can hold."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": json.dumps(np.random.get_state()[1].tolist()),
-        "python": json.dumps(random.getstate()[1]),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": json.dumps([keys.tolist(), int(position), int(has_gauss), float(gauss)]),
+        "python": json.dumps([version, list(internal), gauss_next]),
     }
 
 
 def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    mt = np.random.get_state()
-    np.random.set_state((mt[0], np.array(json.loads(state["numpy"]), dtype=np.uint32), *mt[2:]))
-    py = random.getstate()
-    random.setstate((py[0], tuple(json.loads(state["python"])), py[2]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    keys, position, has_gauss, gauss = json.loads(state["numpy"])
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 def write_metrics_csv(path: Path, history: list[dict]) -> None:
@@ -233,6 +246,11 @@ COMPARED_ON_RESUME = (
     "test",
     "data",
     "seed",
+    "tol_fwd",
+    "tol_bwd",
+    "jac_reg",
+    "clip",
+    "on_divergence",
     "mapper_epochs",
     "planner_epochs",
     "map_loss_weight",
@@ -246,22 +264,23 @@ def env_kwargs(config: RunConfig) -> dict:
 
 def load_or_generate_dataset(config: RunConfig) -> tuple[dict, dict]:
     path = config.dataset_path()
-    if path.exists():
-        splits, meta = load_dataset(path)
-    elif config.data:
-        raise FileNotFoundError(f"--data {path} does not exist")
-    else:
+    if not path.exists():
+        if config.data:
+            raise FileNotFoundError(f"--data {path} does not exist")
         counts = {"train": config.train, "val": config.val, "test": config.test}
         splits, meta = generate_splits(config.env, counts, config.seed, env_kwargs(config), progress=config.progress)
         save_dataset(path, splits, meta)
-        if views.env_renders_views(config.env):
-            views.render_dataset_views(path, splits, progress=config.progress)
-            splits, meta = load_dataset(path)
+    if views.env_renders_views(config.env):  # renders what an interrupted run left missing; nothing when complete
+        splits, _ = load_dataset(path, with_views=False)
+        views.render_dataset_views(path, splits, progress=config.progress)
+    splits, meta = load_dataset(path)
     missing = {"train", "val", "test"} - set(splits)
     if missing:
         raise ValueError(f"dataset {path} lacks the splits {sorted(missing)}")
     if meta.get("env_id") and meta["env_id"] != config.env:
         raise ValueError(f"dataset {path} was made for {meta['env_id']}, not {config.env}")
+    if meta.get("env_id") and meta.get("env_kwargs", {}) != env_kwargs(config):
+        raise ValueError(f"dataset {path} was made with {meta.get('env_kwargs')}, not {env_kwargs(config)} (--size)")
     return splits, meta
 
 
@@ -290,8 +309,9 @@ def evaluate(planner, mapper, data: dict, config: RunConfig) -> tuple[PlanningMe
     and the mapper's cell accuracy."""
     if mapper is None:
         return evaluate_planner(planner, data, config.eval_batch_size), None
-    maps = mapped_maps(mapper, data["mapper_input"], data["goal"], config.eval_batch_size)
-    accuracy = float(((maps[:, 0] > 0.5) == data["maps"][:, 0].bool()).float().mean())
+    logits = mapper_logits(mapper, data["mapper_input"], config.eval_batch_size, data["goal"].device)
+    accuracy = float(cspace_accuracy(logits, data["maps"][:, 0]))
+    maps = cspace_planner_maps(logits, data["goal"])
     actions = planner_actions(planner, maps, config.eval_batch_size)
     metrics = policy_metrics(
         actions, data["maps"][:, 0].to(torch.uint8), data["goal"], data["distances"], planner.topology
@@ -484,9 +504,27 @@ def print_report(report: dict) -> None:
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
 
 
+def check_counts(config: RunConfig) -> None:
+    """Clear errors for flags that would otherwise fail deep inside training."""
+    for name in ("batch_size", "eval_batch_size", "train", "val", "test", "k_fwd", "k_bwd"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    for name in ("epochs", "mapper_epochs", "planner_epochs"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(config, name)}")
+    if config.threads is not None and config.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {config.threads}")
+    if config.lr <= 0:
+        raise ValueError(f"--lr must be positive, got {config.lr}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     config = RunConfig(**vars(args))
+    try:
+        check_counts(config)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     if config.clip is not None and config.clip <= 0:
         config.clip = None
     try:

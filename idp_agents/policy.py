@@ -36,9 +36,10 @@ def goal_cells(goal: np.ndarray) -> np.ndarray:
 class PlannerPolicy:
     """Plan on the observed map (or on the map a mapper makes of the observation), then act at the agent's cell.
 
-    The plan of an observed (map, goal) pair is cached, so an episode runs the planner once, not once per step.
-    ``predict`` follows SB3: batched observations in, batched actions out; a single observation gives a single
-    action. Deterministic prediction takes the argmax; otherwise an action is sampled from the softmax.
+    The plan of an observed (map, goal) pair is cached, so an episode runs the planner once, not once per step;
+    the cache empties itself when the weights change. ``predict`` follows SB3: batched observations in, batched
+    actions out, a single observation gives a single action; ``deterministic=True`` takes the argmax, otherwise an
+    action is sampled from the softmax (SB3's evaluate_policy asks for deterministic actions by default).
     """
 
     def __init__(
@@ -55,7 +56,10 @@ class PlannerPolicy:
         self.planner = planner.to(self.device).eval()
         self.mapper = mapper.to(self.device).eval() if mapper is not None else None
         self.mapper_input = mapper_input
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be non-negative, got {cache_size}")
         self.cache_size = cache_size
+        self._weights_version: tuple = ()
         self._cache: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.config: dict = {}
 
@@ -98,18 +102,25 @@ class PlannerPolicy:
             hashlib.blake2b(x.tobytes() + g.tobytes() + str(x.shape).encode(), digest_size=16).digest()
             for x, g in zip(inputs, goal, strict=True)
         ]
-        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        modules = [self.planner] + ([self.mapper] if self.mapper is not None else [])
+        version = tuple(p._version for m in modules for p in m.parameters())
+        if version != self._weights_version:
+            self._cache.clear()
+            self._weights_version = version
+        plans = {k: self._cache[k] for k in keys if k in self._cache}
+        missing = [i for i, k in enumerate(keys) if k not in plans]
         if missing:
             with torch.inference_mode():
                 out = self.planner(self._maps({k: np.asarray(v)[missing] for k, v in obs.items()}))
             logits, value = out.logits.float().cpu().numpy(), out.value.float().cpu().numpy()
             for j, i in enumerate(missing):
-                self._cache[keys[i]] = (logits[j], value[j])
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+                plans[keys[i]] = (logits[j], value[j])
         for k in keys:
+            self._cache[k] = plans[k]
             self._cache.move_to_end(k)
-        return [self._cache[k] for k in keys]
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return [plans[k] for k in keys]
 
     def plan(self, observation) -> np.ndarray:
         """Action logits (4, H, W) for an observation, or (n, 4, H, W) for a batch."""
@@ -123,10 +134,12 @@ class PlannerPolicy:
         values = np.stack([value for _, value in self._planned(obs)])
         return values if batched else values[0]
 
-    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
         obs, batched = batched_observation(observation)
         logits = np.stack([logits for logits, _ in self._planned(obs)])
         position = obs["position"].astype(np.int64)
+        if ((position < 0) | (position >= np.array(logits.shape[-2:]))).any():
+            raise ValueError(f"position outside the {logits.shape[-2]}x{logits.shape[-1]} map: {position.tolist()}")
         scores = logits[np.arange(len(logits)), :, position[:, 0], position[:, 1]]  # (n, 4)
         if deterministic:
             actions = scores.argmax(axis=1)

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from idp_agents.mappers import cspace_planner_maps
 from idp_agents.planners import Planner
 from rollouts.metrics import PlanningMetrics, policy_metrics
 
@@ -68,15 +67,14 @@ def batch_rows(source, index: Tensor) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(source[index.cpu().numpy()]))
 
 
-def mapped_maps(mapper: torch.nn.Module, inputs, goal: Tensor, batch_size: int = 64) -> Tensor:
-    """(N, 2, H, W) planner input [predicted occupancy probability, goal one-hot] from a mapper, without autograd."""
+def mapper_logits(mapper: torch.nn.Module, inputs, batch_size: int = 64, device=None) -> Tensor:
+    """(N, H, W) obstacle logits of a mapper over all its inputs (a tensor or a memory map), without autograd."""
     was_training = mapper.training
     mapper.eval()
     chunks = []
     with torch.inference_mode():
-        for i in range(0, len(goal), batch_size):
-            index = torch.arange(i, min(i + batch_size, len(goal)))
-            logits = mapper(batch_rows(inputs, index).to(goal.device))
-            chunks.append(cspace_planner_maps(logits, goal[index.to(goal.device)]))
+        for i in range(0, len(inputs), batch_size):
+            index = torch.arange(i, min(i + batch_size, len(inputs)))
+            chunks.append(mapper(batch_rows(inputs, index).to(device)))
     mapper.train(was_training)
     return torch.cat(chunks)

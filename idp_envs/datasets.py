@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -60,8 +61,8 @@ def generate_splits(
     import gymnasium as gym
     from tqdm.auto import tqdm
 
-    if any(int(n) < 0 for n in counts.values()):
-        raise ValueError(f"split sizes must be non-negative, got {counts}")
+    if any(int(n) < 0 for n in counts.values()) or sum(int(n) for n in counts.values()) == 0:
+        raise ValueError(f"split sizes must be non-negative and not all zero, got {counts}")
     env = gym.make(env_id, **(env_kwargs or {})).unwrapped
     rng = np.random.default_rng(seed)
     total = sum(int(n) for n in counts.values())
@@ -87,7 +88,9 @@ def generate_splits(
             )
     distinct_by = env.DISTINCT_BY
     env.close()
+    # shuffled before cutting, so that layouts drawn often (and kept first) are not all in the first split
     everything = TaskBatch.concatenate(batches)
+    everything = everything.subset(rng.permutation(len(everything)))
     splits, offset = {}, 0
     for name, n in counts.items():
         splits[name] = everything.subset(slice(offset, offset + int(n)))
@@ -123,8 +126,11 @@ def save_dataset(path: str | os.PathLike, splits: dict[str, TaskBatch], metadata
     return path
 
 
-def load_dataset(path: str | os.PathLike) -> tuple[dict[str, TaskBatch], dict]:
-    """Read every split of a dataset file written by `save_dataset`; clear `DatasetError` on a bad file."""
+def load_dataset(path: str | os.PathLike, with_views: bool = True) -> tuple[dict[str, TaskBatch], dict]:
+    """Read every split of a dataset file written by `save_dataset`; clear `DatasetError` on a bad file.
+
+    With ``with_views``, a dataset's view store (VisualMaze) is attached as the lazily read ``views`` extra.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no dataset file at {path}")
@@ -154,7 +160,8 @@ def load_dataset(path: str | os.PathLike) -> tuple[dict[str, TaskBatch], dict]:
             raise DatasetError(f"{path}: arrays of split {name!r} have different lengths")
     from idp_envs.views import attach_views
 
-    attach_views(path, splits)
+    if with_views:
+        attach_views(path, splits)
     return splits, meta
 
 
@@ -204,6 +211,9 @@ def import_gppn(path: str | os.PathLike, seed: int = 0) -> tuple[dict[str, TaskB
                 f"{int(check.sum())} cells; its action order is not N, W, S, E or its mazes use another convention"
             )
         splits[name] = batch
+    shared = np.isin(layout_keys(splits["test"].occupancy), layout_keys(splits["train"].occupancy)).sum()
+    if shared:
+        warnings.warn(f"{path}: {shared} test mazes also appear in the training split", stacklevel=2)
     metadata = {
         "env_id": None,
         "source": f"gppn:{Path(path).name}",
@@ -266,8 +276,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-gppn", metavar="FILE", help="convert a dataset in the GPPN layout instead")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes rendering views (VisualMaze)")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    try:
+        run_command(args)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
-    from idp_envs import resolve_env_id
+
+def run_command(args: argparse.Namespace) -> None:
+    from idp_envs import resolve_env_id, views
 
     if args.from_gppn:
         splits, meta = import_gppn(args.from_gppn, seed=args.seed)
@@ -277,8 +295,6 @@ def main(argv: list[str] | None = None) -> None:
     path = save_dataset(args.out, splits, meta)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     print(f"wrote {path} ({sizes}; {path.stat().st_size / 1e6:.1f} MB)")
-    from idp_envs import views
-
     if not args.from_gppn and views.env_renders_views(env_id):
         folder = views.render_dataset_views(path, splits, workers=args.workers)
         print(f"wrote views to {folder}")

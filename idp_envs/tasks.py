@@ -54,6 +54,8 @@ class PlanningTask:
                 raise ValueError(f"{name} {(r, c)} is outside the {h}x{w} map")
             if occ[r, c]:
                 raise ValueError(f"{name} {(r, c)} is inside an obstacle")
+        if goal == start:
+            raise ValueError(f"start {start} is the goal: a task needs at least one step")
         object.__setattr__(self, "occupancy", occ)
         object.__setattr__(self, "goal", goal)
         object.__setattr__(self, "start", start)

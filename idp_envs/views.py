@@ -347,7 +347,8 @@ def render_dataset_views(
         meta = {}
     meta.update(format_version=STORE_VERSION, view_size=view_size, directions="N,W,S,E")
     stores = {name: _open_split_store(folder, name, batch, view_size, meta) for name, batch in splits.items()}
-    meta_path.write_text(json.dumps(meta, indent=1))
+    with atomic_write(meta_path) as f:
+        f.write(json.dumps(meta, indent=1).encode())
     jobs = []
     for name, (views_path, _, done) in stores.items():
         batch, offset = splits[name], np.load(views_path, mmap_mode="r").offset

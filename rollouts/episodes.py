@@ -71,7 +71,11 @@ def run_episodes(env: gym.Env | gym.vector.VectorEnv, policy, n_episodes: int, s
 
 
 def _run_vector(env: gym.vector.VectorEnv, policy, n_episodes: int, seed: int | None) -> EpisodeStats:
-    """Vector envs autoreset on the step after an episode ends (Gymnasium's default): that step is not counted."""
+    """Vector envs autoreset on the step after an episode ends (Gymnasium's default): that step is not counted.
+
+    Each sub-env contributes a fixed share of the episodes (as SB3's evaluate_policy does), so that short
+    episodes, which end first, are not over-represented.
+    """
     if env.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP) != gym.vector.AutoresetMode.NEXT_STEP:
         raise ValueError("run_episodes supports vector envs with the default NEXT_STEP autoreset mode")
     obs, info = env.reset(seed=seed)
@@ -79,15 +83,18 @@ def _run_vector(env: gym.vector.VectorEnv, policy, n_episodes: int, seed: int | 
     start_distance = np.array(info["distance"])
     steps = np.zeros(n, dtype=int)
     resetting = np.zeros(n, dtype=bool)
+    targets = np.array([(n_episodes + i) // n for i in range(n)])
+    counts = np.zeros(n, dtype=int)
     successes, lengths, distances = [], [], []
-    while len(successes) < n_episodes:
+    while (counts < targets).any():
         actions, _ = policy.predict(obs, deterministic=True)
         obs, _, terminated, truncated, info = env.step(np.asarray(actions))
         new_start = resetting.copy()
         steps[~resetting] += 1
         ended = (terminated | truncated) & ~resetting
         for i in np.flatnonzero(ended):
-            if len(successes) < n_episodes:
+            if counts[i] < targets[i]:
+                counts[i] += 1
                 successes.append(bool(terminated[i]))
                 lengths.append(int(steps[i]))
                 distances.append(int(start_distance[i]))

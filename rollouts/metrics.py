@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-# (d_row, d_col) of the actions N, W, S, E, as in idp_envs.grid.ACTION_DELTAS
-ACTION_DELTAS = ((-1, 0), (0, -1), (1, 0), (0, 1))
+from idp_envs.grid import ACTION_DELTAS, check_topology
 
 
 def successor_table(occupancy: Tensor, topology: str = "plane") -> Tensor:
     """(N, 4, H*W) flat index of the cell each action leads to; blocked moves and moves off a plane stay put."""
+    check_topology(topology)
     n, h, w = occupancy.shape
     device = occupancy.device
     rows = torch.arange(h, device=device).view(h, 1).expand(h, w)
@@ -25,7 +25,7 @@ def successor_table(occupancy: Tensor, topology: str = "plane") -> Tensor:
     here = (rows * w + cols).reshape(-1)
     free = (occupancy == 0).reshape(n, -1)
     out = []
-    for dr, dc in ACTION_DELTAS:
+    for dr, dc in ACTION_DELTAS.tolist():
         r, c = rows + dr, cols + dc
         if topology == "torus":
             r, c = r % h, c % w

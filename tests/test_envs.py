@@ -108,6 +108,7 @@ BAD_TASKS = [
     ({"occupancy": MAZE, "goal": (7, 3), "start": (1, 1)}, "outside"),
     ({"occupancy": MAZE, "goal": (3, 3)}, "missing"),
     ({"occupancy": MAZE, "goal": (3, 3, 1), "start": (1, 1)}, "two integers"),
+    ({"occupancy": MAZE, "goal": (3, 3), "start": (3, 3)}, "is the goal"),
 ]
 
 
@@ -116,6 +117,12 @@ def test_invalid_tasks_raise_value_error(task, message):
     env = gym.make("IDP/GridMaze-v0", size=5).unwrapped
     with pytest.raises(ValueError, match=message):
         env.reset(options={"task": task})
+
+
+def test_unknown_reset_option_is_rejected():
+    env = gym.make("IDP/GridMaze-v0", size=5).unwrapped
+    with pytest.raises(ValueError, match="unknown reset options"):
+        env.reset(options={"start": (1, 1)})
 
 
 def test_unreachable_goal_is_rejected():

@@ -79,11 +79,16 @@ def test_policy_predicts_single_and_batched_observations(trained):
     policy = PlannerPolicy.load(tmp_path / "run" / "best.pt")
     env = gym.make("IDP/GridMaze-v0", size=9)
     obs, _ = env.reset(seed=1)
-    single, _ = policy.predict(obs)
-    batched, _ = policy.predict({k: np.stack([v, v]) for k, v in obs.items()})
+    single, _ = policy.predict(obs, deterministic=True)
+    batched, _ = policy.predict({k: np.stack([v, v]) for k, v in obs.items()}, deterministic=True)
     assert np.ndim(single) == 0 and batched.tolist() == [single, single]
-    sampled, _ = policy.predict(obs, deterministic=False)
-    assert 0 <= int(sampled) < 4
+    many = {k: np.stack([v] * 4000) for k, v in obs.items()}
+    sampled, _ = policy.predict(many, deterministic=False)
+    scores = policy.plan(obs)[:, obs["position"][0], obs["position"][1]]
+    softmax = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    assert np.abs(np.bincount(sampled, minlength=4) / 4000 - softmax).max() < 0.03
+    with pytest.raises(ValueError, match="position outside"):
+        policy.predict({**obs, "position": np.array([-1, 0])})
     with pytest.raises(ValueError, match="occupancy"):
         policy.predict({"occupancy": obs["occupancy"], "goal": obs["goal"][:3], "position": obs["position"]})
 
@@ -111,6 +116,37 @@ def test_resume_continues_after_an_interrupted_epoch(tmp_path, monkeypatch):
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 1 and [h["epoch"] for h in state["history"]] == [1, 2]
     assert report["test"]["starts"] > 0
+
+
+def test_policy_cache_is_bounded_and_follows_the_weights(trained):
+    tmp_path, report = trained
+    policy = PlannerPolicy.load(tmp_path / "run" / "best.pt")
+    policy.cache_size = 5
+    splits, _ = load_dataset(report["dataset"])
+    t = task_tensors(splits["test"])
+    observations = {
+        "occupancy": splits["test"].occupancy,
+        "goal": t["maps"][:, 1].numpy(),
+        "position": splits["test"].start,
+    }
+    first = policy.plan(observations)  # 40 maps through a cache of 5
+    assert first.shape == (40, 4, 9, 9) and len(policy._cache) == 5
+    with torch.no_grad():
+        for p in policy.planner.parameters():
+            p.add_(0.5)
+    assert not np.allclose(policy.plan(observations), first)  # no stale plan after the weights changed
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    straight = run(tmp_path, "--train", "64", "--epochs", "2", name="straight")
+    run(tmp_path, "--train", "64", "--epochs", "1", name="split")
+    resumed = run(tmp_path, "--train", "64", "--epochs", "2", "--resume", name="split")
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert straight["test"] == resumed["test"]
 
 
 def test_resume_refuses_other_settings(tmp_path):

@@ -76,6 +76,9 @@ class GridPlanningEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         options = options or {}
+        unknown = set(options) - {"task"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; the only option is 'task'")
         if "task" in options:
             self.task = self.coerce_task(options["task"])
         else:

@@ -15,9 +15,11 @@ TOPOLOGIES = ("plane", "torus")
 UNREACHABLE = -1
 
 
-def check_topology(topology: str) -> None:
+def check_topology(topology: str) -> str:
+    """``topology`` itself if it is "plane" or "torus", else a ValueError naming both."""
     if topology not in TOPOLOGIES:
         raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
+    return topology
 
 
 def shift_from_neighbour(x: np.ndarray, action: int, topology: str, fill) -> np.ndarray:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 import pytest
 import torch
@@ -11,9 +9,10 @@ import torch.nn.functional as F
 
 from idp_agents.implicit import FixedPointConfig, FixedPointInfo
 from idp_agents.planners import PLANNERS, ConvGPPNStep, Planner, SymVINStep, VINStep, make_planner
+from idp_envs import grid
 
 SMALL = {"vin": dict(l_h=8, l_q=8), "convgppn": dict(hidden=8), "symvin": dict(l_h=3, l_q=3)}
-MOVES = ((-1, 0), (0, -1), (1, 0), (0, 1))  # N, W, S, E
+MOVES = tuple(map(tuple, grid.ACTION_DELTAS.tolist()))  # N, W, S, E
 
 
 def randomise_value_share(planner: Planner, std: float = 0.1) -> Planner:
@@ -47,22 +46,8 @@ def random_maps(batch: int, height: int, width: int, seed: int = 0, dtype=torch.
 
 def bfs_distances(obstacles: np.ndarray, goal: tuple[int, int], torus: bool) -> np.ndarray:
     """Steps to the goal from every cell (-1 where unreachable), for checking hand-set VIN weights."""
-    h, w = obstacles.shape
-    dist = np.full((h, w), -1)
-    dist[goal] = 0
-    queue = deque([goal])
-    while queue:
-        r, c = queue.popleft()
-        for dr, dc in MOVES:
-            nr, nc = r + dr, c + dc
-            if torus:
-                nr, nc = nr % h, nc % w
-            elif not (0 <= nr < h and 0 <= nc < w):
-                continue
-            if obstacles[nr, nc] == 0 and dist[nr, nc] < 0:
-                dist[nr, nc] = dist[r, c] + 1
-                queue.append((nr, nc))
-    return dist
+    topology = "torus" if torus else "plane"
+    return grid.bfs_distances(obstacles[None].astype(np.uint8), np.array([goal]), topology)[0]
 
 
 @pytest.mark.parametrize("name", sorted(PLANNERS))

@@ -11,15 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idp_agents.implicit import FixedPointConfig, FixedPointInfo, solve_fixed_point
-
-TOPOLOGIES = ("plane", "torus")
-
-
-def check_topology(topology: str) -> str:
-    """Return `topology` if it is a known grid topology, else raise a ValueError naming the valid ones."""
-    if topology not in TOPOLOGIES:
-        raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
-    return topology
+from idp_envs.grid import check_topology
 
 
 def check_odd_kernel(kernel: int, name: str = "kernel") -> int:

@@ -326,7 +326,8 @@ def train_epoch(phase: str, planner, mapper, optimizer, data: dict, config: RunC
         mapper.train()
     n = len(data["maps"])
     order = torch.randperm(n)
-    totals = {"loss": 0.0, "accuracy": 0.0, "map_accuracy": 0.0}
+    # loss, action accuracy, map accuracy summed on the device: read back every few batches, not every one
+    sums = torch.zeros(3, device=data["maps"].device)
     batches, t0 = 0, time.perf_counter()
     bar = tqdm(range(0, n, config.batch_size), desc=desc, disable=not config.progress, leave=False)
     for i in bar:
@@ -351,26 +352,32 @@ def train_epoch(phase: str, planner, mapper, optimizer, data: dict, config: RunC
             torch.nn.utils.clip_grad_norm_(params, config.clip)
         optimizer.step()
         batches += 1
-        totals["loss"] += loss.item()
-        if logits is not None:
-            totals["accuracy"] += action_accuracy(logits.detach(), optimal).item()
-        if map_logits is not None:
-            totals["map_accuracy"] += cspace_accuracy(map_logits.detach(), true_maps[:, 0]).item()
-        seen = min(i + config.batch_size, n)
-        bar.set_postfix(
-            loss=f"{totals['loss'] / batches:.3f}",
-            acc=f"{totals['accuracy'] / batches:.3f}",
-            maps_per_s=f"{seen / (time.perf_counter() - t0):.0f}",
+        zero = sums.new_zeros(())
+        sums += torch.stack(
+            [
+                loss.detach(),
+                action_accuracy(logits.detach(), optimal) if logits is not None else zero,
+                cspace_accuracy(map_logits.detach(), true_maps[:, 0]) if map_logits is not None else zero,
+            ]
         )
+        if config.progress and batches % 10 == 0:
+            mean_loss, mean_accuracy, _ = (sums / batches).tolist()
+            seen = min(i + config.batch_size, n)
+            bar.set_postfix(
+                loss=f"{mean_loss:.3f}",
+                acc=f"{mean_accuracy:.3f}",
+                maps_per_s=f"{seen / (time.perf_counter() - t0):.0f}",
+            )
     seconds = time.perf_counter() - t0
+    mean_loss, mean_accuracy, mean_map_accuracy = (sums / batches).tolist()
     row = {
-        "train_loss": totals["loss"] / batches,
-        "train_accuracy": totals["accuracy"] / batches if phase != "mapper" else float("nan"),
+        "train_loss": mean_loss,
+        "train_accuracy": mean_accuracy if phase != "mapper" else float("nan"),
         "train_seconds": seconds,
         "maps_per_second": n / seconds,
     }
     if mapper is not None:
-        row["train_map_accuracy"] = totals["map_accuracy"] / batches if phase != "planner" else float("nan")
+        row["train_map_accuracy"] = mean_map_accuracy if phase != "planner" else float("nan")
     return row
 
 

@@ -10,9 +10,11 @@ published protocol (GPPN's, which the implicit-planning paper follows) is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +23,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from idp_agents.checkpoints import load_checkpoint, save_checkpoint
@@ -83,6 +87,7 @@ class RunConfig:
     resume: bool = False
     eval_batch_size: int = 128
     progress: bool = True
+    memory_budget_gb: float | None = None
 
     def planner_kwargs(self) -> dict:
         """Fixed-point settings and the step hyperparameters that were set (the rest keep the step's defaults)."""
@@ -179,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resume", action="store_true", help="continue from OUT/last.pt")
     add("--eval-batch-size", type=int, default=defaults.eval_batch_size)
     add("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add(
+        "--memory-budget-gb",
+        type=float,
+        help="CUDA: cap the allocator at this many GB; CPU: refuse the run when the first training batch needs more",
+    )
     return p
 
 
@@ -189,6 +199,125 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+class MemoryBudgetExceeded(RuntimeError):
+    """A run that needs more memory than --memory-budget-gb allows: a result to report, not a crash."""
+
+
+def launched_by_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
+
+
+def run_device(config: RunConfig) -> torch.device:
+    """The configured device; under torchrun on CUDA, the GPU of this process's local rank."""
+    device = resolve_device(config.device)
+    if launched_by_torchrun() and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return device
+
+
+def start_distributed(config: RunConfig) -> bool:
+    """Join the torchrun process group (NCCL on CUDA, Gloo on the CPU); True when this call created it."""
+    if not launched_by_torchrun() or distributed():
+        return False
+    backend = "nccl" if run_device(config).type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    return True
+
+
+def barrier() -> None:
+    if distributed():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Rank 0 runs the block first (e.g. generates the cached dataset); the other ranks wait, then run it."""
+    rank, _ = rank_and_world()
+    if rank != 0:
+        barrier()
+    yield
+    if rank == 0:
+        barrier()
+
+
+def data_parallel(module: torch.nn.Module | None, device: torch.device) -> torch.nn.Module | None:
+    """``module`` wrapped in DistributedDataParallel when this is a torchrun process; else ``module`` itself."""
+    if module is None or not distributed():
+        return module
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
+def epoch_order(n: int, device: torch.device) -> torch.Tensor:
+    """The epoch's order of training maps; under DDP one shuffle shared by all ranks, each taking an equal shard."""
+    order = torch.randperm(n)
+    if not distributed():
+        return order
+    rank, world = rank_and_world()
+    shared = order.to(device)
+    dist.broadcast(shared, 0)
+    return shared.cpu()[rank::world][: n // world]
+
+
+def held_bytes(modules: list[torch.nn.Module], data: dict) -> int:
+    """Bytes held through training: parameters with their gradients and RMSprop state, and the on-device splits."""
+    params = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    tensors = [t for split in data.values() for t in split.values() if isinstance(t, torch.Tensor)]
+    return 3 * params + sum(t.numel() * t.element_size() for t in tensors)
+
+
+def training_step_peak_bytes(planner, mapper, train: dict, config: RunConfig) -> int:
+    """Peak bytes allocated above the starting level by one training step (forward + backward) on the first batch,
+    from torch.profiler's CPU memory events; end to end through the mapper when there is one."""
+    idx = torch.arange(min(config.batch_size, len(train["maps"])))
+    optimal, true_maps = train["optimal_actions"][idx], train["maps"][idx]
+    with (
+        torch.random.fork_rng(devices=[]),
+        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile,
+    ):
+        maps, loss = true_maps, 0.0
+        if mapper is not None:
+            map_logits = mapper(batch_rows(train["mapper_input"], idx))
+            loss = cspace_bce_loss(map_logits, true_maps[:, 0])
+            maps = cspace_planner_maps(map_logits, train["goal"][idx])
+        output = planner(maps)
+        loss = loss + imitation_loss(output.logits, optimal)
+        if output.info.jac_loss is not None:
+            loss = loss + output.info.jac_loss
+        loss.backward()
+    for module in (planner, mapper):
+        if module is not None:
+            module.zero_grad(set_to_none=True)
+    events = [e for e in profile.profiler.kineto_results.events() if e.name() == "[memory]"]
+    sizes = torch.tensor([e.nbytes() for e in sorted(events, key=lambda e: e.start_ns())], dtype=torch.float64)
+    return int(sizes.cumsum(0).max().clamp_min(0).item()) if len(sizes) else 0
+
+
+def apply_memory_budget(config: RunConfig, planner, mapper, data: dict, device: torch.device) -> None:
+    """On CUDA cap the caching allocator at the budget; on the CPU measure what training needs and refuse the run
+    with `MemoryBudgetExceeded` when it is over the budget."""
+    budget = config.memory_budget_gb * 2**30
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+        return
+    modules = [m for m in (planner, mapper) if m is not None]
+    needed = held_bytes(modules, data) + training_step_peak_bytes(planner, mapper, data["train"], config)
+    if needed > budget:
+        raise MemoryBudgetExceeded(
+            f"out of memory: training needs {needed / 2**30:.3f} GB (parameters, optimizer state, data and the "
+            f"first batch's forward + backward peak) over --memory-budget-gb {config.memory_budget_gb:g}"
+        )
 
 
 def rng_state() -> dict:
@@ -324,8 +453,8 @@ def train_epoch(phase: str, planner, mapper, optimizer, data: dict, config: RunC
     planner.train()
     if mapper is not None:
         mapper.train()
-    n = len(data["maps"])
-    order = torch.randperm(n)
+    order = epoch_order(len(data["maps"]), data["maps"].device)
+    n = len(order)
     # loss, action accuracy, map accuracy summed on the device: read back every few batches, not every one
     sums = torch.zeros(3, device=data["maps"].device)
     batches, t0 = 0, time.perf_counter()
@@ -369,12 +498,15 @@ def train_epoch(phase: str, planner, mapper, optimizer, data: dict, config: RunC
                 maps_per_s=f"{seen / (time.perf_counter() - t0):.0f}",
             )
     seconds = time.perf_counter() - t0
-    mean_loss, mean_accuracy, mean_map_accuracy = (sums / batches).tolist()
+    _, world = rank_and_world()
+    if world > 1:
+        dist.all_reduce(sums)
+    mean_loss, mean_accuracy, mean_map_accuracy = (sums / (batches * world)).tolist()
     row = {
         "train_loss": mean_loss,
         "train_accuracy": mean_accuracy if phase != "mapper" else float("nan"),
         "train_seconds": seconds,
-        "maps_per_second": n / seconds,
+        "maps_per_second": n * world / seconds,
     }
     if mapper is not None:
         row["train_map_accuracy"] = mean_map_accuracy if phase != "planner" else float("nan")
@@ -382,10 +514,24 @@ def train_epoch(phase: str, planner, mapper, optimizer, data: dict, config: RunC
 
 
 def run(config: RunConfig) -> dict:
-    """Train, validate every epoch, keep the best and the last checkpoint, and return the test report."""
+    """Train, validate every epoch, keep the best and the last checkpoint, and return the test report.
+
+    Started by ``torchrun --nproc_per_node N``, it trains data-parallel (DDP; each rank takes an equal shard of every
+    epoch, so the effective batch is N x --batch-size) and only rank 0 writes checkpoints, logs and the report."""
+    started = start_distributed(config)
+    try:
+        return train_and_report(config)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def train_and_report(config: RunConfig) -> dict:
     config.env = resolve_env_id(config.env)
     planner_kwargs = config.planner_kwargs()
-    device = resolve_device(config.device)
+    device = run_device(config)
+    rank, world = rank_and_world()
+    is_main = rank == 0
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
@@ -394,7 +540,8 @@ def run(config: RunConfig) -> dict:
     np.random.seed(config.seed)
     random.seed(config.seed)
 
-    splits, meta = load_or_generate_dataset(config)
+    with main_process_first():
+        splits, meta = load_or_generate_dataset(config)
     topology = meta["topology"]
     shape = tuple(meta["shape"])
     probe = gym.make(config.env, **env_kwargs(config))
@@ -431,14 +578,18 @@ def run(config: RunConfig) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"])
         start_epoch, best, history = state["epoch"] + 1, state["best_success"], state["history"]
-        print(f"resuming {out} after epoch {start_epoch}")
+        if is_main:
+            print(f"resuming {out} after epoch {start_epoch}")
+    if config.memory_budget_gb is not None:
+        apply_memory_budget(config, planner, mapper, data, device)
+    trained_planner, trained_mapper = data_parallel(planner, device), data_parallel(mapper, device)
 
-    writer = tensorboard_writer(out)
+    writer = tensorboard_writer(out) if is_main else None
     for epoch in range(start_epoch, len(phases)):
         phase = phases[epoch]
         desc = f"epoch {epoch + 1}/{len(phases)}" + (f" ({phase})" if mapper is not None else "")
         row = {"epoch": epoch + 1, "phase": phase}
-        row.update(train_epoch(phase, planner, mapper, optimizer, data["train"], config, desc))
+        row.update(train_epoch(phase, trained_planner, trained_mapper, optimizer, data["train"], config, desc))
         val, val_map_accuracy = evaluate(planner, mapper, data["val"], config)
         row.update(val_success=val.success, val_optimal=val.optimal, val_spl=val.spl)
         if mapper is not None:
@@ -457,6 +608,8 @@ def run(config: RunConfig) -> dict:
             "rng": rng_state(),
             "val": {**val.as_dict(), "map_accuracy": val_map_accuracy},
         }
+        if not is_main:
+            continue
         if improved:
             save_checkpoint(best_path, checkpoint)
         save_checkpoint(last_path, checkpoint)
@@ -472,8 +625,12 @@ def run(config: RunConfig) -> dict:
         )
     if writer is not None:
         writer.close()
+    barrier()  # the other ranks wait for rank 0's checkpoints
     if not best_path.exists():
         raise RuntimeError(f"no epoch finished, so there is no checkpoint to test (epochs={config.epochs})")
+    if not is_main:
+        barrier()  # and for its test report
+        return json.loads((out / "test_report.json").read_text())
 
     best_state = load_checkpoint(best_path, map_location=device)
     planner.load_state_dict(best_state["model"])
@@ -489,10 +646,12 @@ def run(config: RunConfig) -> dict:
         "denominator": "every free start cell from which the goal is reachable (start != goal), all test maps",
         "config": run_config,
         "dataset": str(config.dataset_path()),
+        "processes": world,
     }
     with atomic_write(out / "test_report.json") as f:
         f.write(json.dumps(report, indent=2).encode())
     print_report(report)
+    barrier()
     return report
 
 
@@ -523,6 +682,8 @@ def check_counts(config: RunConfig) -> None:
         raise ValueError(f"--threads must be at least 1, got {config.threads}")
     if config.lr <= 0:
         raise ValueError(f"--lr must be positive, got {config.lr}")
+    if config.memory_budget_gb is not None and config.memory_budget_gb <= 0:
+        raise ValueError(f"--memory-budget-gb must be positive, got {config.memory_budget_gb}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -536,7 +697,7 @@ def main(argv: list[str] | None = None) -> dict:
         config.clip = None
     try:
         return run(config)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, MemoryBudgetExceeded) as exc:
         raise SystemExit(f"error: {exc}") from exc
 
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from idp_agents.checkpoints import load_checkpoint, save_checkpoint
 from idp_agents.mappers import cspace_accuracy, cspace_bce_loss, cspace_planner_maps, make_mapper, mapper_input_key
 from idp_agents.planners import PLANNERS, make_planner, step_hyperparameters
+from idp_agents.policy import PlannerPolicy
 from idp_agents.training import (
     action_accuracy,
     batch_rows,
@@ -42,7 +43,9 @@ from idp_envs import resolve_env_id, views
 from idp_envs.datasets import generate_splits, load_dataset, save_dataset, task_tensors
 from idp_envs.files import atomic_write
 from idp_envs.tasks import TaskBatch
+from rollouts.episodes import ReplayTasks
 from rollouts.metrics import PlanningMetrics, policy_metrics
+from rollouts.video import record_episode, save_gif
 
 STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group")
 
@@ -87,6 +90,7 @@ class RunConfig:
     resume: bool = False
     eval_batch_size: int = 128
     progress: bool = True
+    gif: bool = True
     memory_budget_gb: float | None = None
 
     def planner_kwargs(self) -> dict:
@@ -184,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resume", action="store_true", help="continue from OUT/last.pt")
     add("--eval-batch-size", type=int, default=defaults.eval_batch_size)
     add("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add("--no-gif", dest="gif", action="store_false", help="do not render a test episode to OUT/rollout.gif")
     add(
         "--memory-budget-gb",
         type=float,
@@ -651,8 +656,20 @@ def train_and_report(config: RunConfig) -> dict:
     with atomic_write(out / "test_report.json") as f:
         f.write(json.dumps(report, indent=2).encode())
     print_report(report)
+    if config.gif:
+        gif = render_test_episode(planner, mapper, input_key, splits["test"], config, out / "rollout.gif")
+        print(f"rendered a test episode to {gif}")
     barrier()
     return report
+
+
+def render_test_episode(planner, mapper, input_key, tasks: TaskBatch, config: RunConfig, path: Path) -> Path:
+    """Play the first test task with the trained policy, its value map drawn under the path, and save a GIF."""
+    policy = PlannerPolicy(planner, next(planner.parameters()).device, mapper, input_key)
+    env = ReplayTasks(gym.make(config.env, render_mode="rgb_array", **env_kwargs(config)), tasks.subset(slice(0, 1)))
+    frames = record_episode(env, policy, overlay=lambda obs: (policy.value_map(obs), None))
+    env.close()
+    return save_gif(frames, path)
 
 
 def print_report(report: dict) -> None:

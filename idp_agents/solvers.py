@@ -35,14 +35,17 @@ _workspaces: dict[tuple, tuple[Tensor, ...]] = {}
 
 
 def _take_workspace(key: tuple, build: Callable[[], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
-    """Buffers for ``key`` from the cache (removed while in use), or freshly built ones."""
-    buffers = _workspaces.pop(key, None)
+    """Buffers for ``key`` from the cache (removed while in use), or freshly built ones.
+
+    Buffers made under ``torch.inference_mode`` cannot be written outside it, so the mode is part of the key.
+    """
+    buffers = _workspaces.pop((*key, torch.is_inference_mode_enabled()), None)
     return build() if buffers is None else buffers
 
 
 def _give_workspace(key: tuple, buffers: tuple[Tensor, ...]) -> None:
     """Return buffers to the cache, dropping the oldest entry beyond WORKSPACE_SLOTS."""
-    _workspaces[key] = buffers
+    _workspaces[(*key, torch.is_inference_mode_enabled())] = buffers
     while len(_workspaces) > WORKSPACE_SLOTS:
         _workspaces.pop(next(iter(_workspaces)))
 

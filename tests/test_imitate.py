@@ -46,6 +46,10 @@ def test_training_beats_a_random_policy_by_far(trained):
     assert report["test"]["success"] > max(0.5, 5 * random_success), (report["test"], random_success)
     saved = json.loads((tmp_path / "run" / "test_report.json").read_text())
     assert saved["test"] == report["test"] and "reachable" in saved["denominator"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "run" / "rollout.gif") as gif:  # the first test task, played by the trained policy
+        assert gif.n_frames >= 2
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,phase,train_loss") and len(lines) == 4
 

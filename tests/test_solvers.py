@@ -187,3 +187,13 @@ def test_solver_info_final_residual_is_last_row():
         3, torch.tensor([[1.0, 2.0], [0.5, 0.25]]), torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
     )
     assert info.final_residual.tolist() == [0.5, 0.25]
+
+
+def test_buffers_made_in_inference_mode_are_not_reused_outside_it():
+    """Evaluation (inference mode) and training share a process: the solvers' cached buffers must not leak."""
+    a = 0.5 * torch.eye(6)
+    for solver in (anderson, broyden):
+        with torch.inference_mode():
+            solver(lambda z: z @ a + 1.0, torch.zeros(3, 6), 8)
+        z, _ = solver(lambda z: z @ a + 1.0, torch.zeros(3, 6), 8)
+        assert torch.allclose(z, torch.full((3, 6), 2.0), atol=1e-4)

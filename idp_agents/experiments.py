@@ -230,7 +230,7 @@ def execute_in_process(config: imitate.RunConfig, log: Path) -> str | None:
     """Run in this process, its output to ``log``; the error line and traceback of a failure, or None."""
     with open(log, "a") as f, contextlib.redirect_stdout(f):
         try:
-            clear_workspaces()  # a previous run's evaluation buffers (inference tensors) must not reach training
+            clear_workspaces()  # free the previous run's cached solver buffers
             imitate.check_counts(config)
             imitate.run(config)
         except Exception as exc:  # recorded as the run's result; the sweep goes on
@@ -504,15 +504,11 @@ def measure_step_times(sweep: Sweep, device: torch.device) -> list[dict]:
         batch = dict(spec.settings).get("batch_size", imitate.RunConfig.batch_size)
         tensors = task_tensors(splits["test"].subset(slice(0, batch)), device)
         planner = PlannerPolicy.load(run_dir / "best.pt", device).planner
-        clear_workspaces()  # solver buffers cached under inference_mode cannot be reused in a training step
         fwd, bwd = time_step(planner, tensors["maps"], tensors["optimal_actions"])
         rows[key] = {"task": spec.task, "planner": spec.planner, "k": str(spec.k), "forward_ms": fwd}
         rows[key].update(backward_ms=bwd, batch=len(tensors["maps"]), device=str(device))
     if rows:
-        with open(cache, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(next(iter(rows.values()))))
-            writer.writeheader()
-            writer.writerows(rows.values())
+        imitate.write_metrics_csv(cache, list(rows.values()))
     return list(rows.values())
 
 
@@ -576,10 +572,7 @@ def evaluate_generalisation(sweep: Sweep, device: torch.device) -> list[dict]:
                 "optimal": metrics.optimal,
             }
     if rows:
-        with open(cache, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(next(iter(rows.values()))))
-            writer.writeheader()
-            writer.writerows(rows.values())
+        imitate.write_metrics_csv(cache, list(rows.values()))
     return list(rows.values())
 
 

@@ -143,7 +143,7 @@ class ArmCSpaceMapper(nn.Module):
 def cspace_bce_loss(logits: Tensor, cspace: Tensor, pos_weight: float | None = None) -> Tensor:
     """Mean binary cross-entropy of C-space logits (B, n, n) against the true C-space (1 = collision)."""
     if logits.shape != cspace.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and C-space {tuple(cspace.shape)} must have the same shape")
+        raise ValueError(f"logits {tuple(logits.shape)} and map {tuple(cspace.shape)} must match: the same shape")
     weight = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device, dtype=logits.dtype)
     return F.binary_cross_entropy_with_logits(logits, cspace.to(logits.dtype), pos_weight=weight)
 
@@ -151,7 +151,7 @@ def cspace_bce_loss(logits: Tensor, cspace: Tensor, pos_weight: float | None = N
 def cspace_accuracy(logits: Tensor, cspace: Tensor) -> Tensor:
     """Fraction of C-space cells whose thresholded prediction (logit > 0 = collision) matches the truth."""
     if logits.shape != cspace.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and C-space {tuple(cspace.shape)} must have the same shape")
+        raise ValueError(f"logits {tuple(logits.shape)} and map {tuple(cspace.shape)} must match: the same shape")
     return ((logits > 0) == cspace.bool()).float().mean()
 
 
@@ -213,24 +213,10 @@ class VisualMapper(nn.Module):
     def forward(self, views: Tensor) -> Tensor:
         return self.head(self.cell_features(views))[:, 0]
 
-    @staticmethod
-    def loss(logits: Tensor, occupancy: Tensor) -> Tensor:
-        """The auxiliary map loss: mean binary cross-entropy of logits (B, H, W) against occupancy (1 = obstacle)."""
-        if logits.shape != occupancy.shape:
-            raise ValueError(f"logits {tuple(logits.shape)} and occupancy {tuple(occupancy.shape)} must match")
-        return F.binary_cross_entropy_with_logits(logits, occupancy.to(logits.device, logits.dtype))
-
-    @staticmethod
-    def accuracy(logits: Tensor, occupancy: Tensor) -> Tensor:
-        """Fraction of cells whose thresholded prediction (logit > 0 = obstacle) matches the true occupancy."""
-        if logits.shape != occupancy.shape:
-            raise ValueError(f"logits {tuple(logits.shape)} and occupancy {tuple(occupancy.shape)} must match")
-        return ((logits > 0) == occupancy.to(logits.device).bool()).float().mean()
-
-    @staticmethod
-    def planner_maps(logits: Tensor, goal: Tensor) -> Tensor:
-        """The planners' (B, 2, H, W) input [sigmoid occupancy, goal one-hot], differentiable in the logits."""
-        return cspace_planner_maps(logits, goal)
+    # the same map loss, accuracy and planner input as every mapper's
+    loss = staticmethod(cspace_bce_loss)
+    accuracy = staticmethod(cspace_accuracy)
+    planner_maps = staticmethod(cspace_planner_maps)
 
 
 MAPPER_INPUTS = ("workspace", "views")

@@ -11,6 +11,7 @@ import torch
 from idp_agents.checkpoints import load_checkpoint
 from idp_agents.mappers import cspace_planner_maps, make_mapper
 from idp_agents.planners import Planner, make_planner
+from idp_envs import grid
 
 
 def batched_observation(obs: dict) -> tuple[dict, bool]:
@@ -27,10 +28,7 @@ def goal_cells(goal: np.ndarray) -> np.ndarray:
     """(n, 2) goal cells from (n, H, W) one-hot goal maps or (n, 2) cells."""
     if goal.ndim == 2 and goal.shape[1] == 2:
         return goal.astype(np.int64)
-    if goal.ndim != 3:
-        raise ValueError(f"goal must be (n, H, W) one-hot maps or (n, 2) cells, got shape {goal.shape}")
-    flat = goal.reshape(len(goal), -1).argmax(axis=1)
-    return np.stack([flat // goal.shape[2], flat % goal.shape[2]], axis=1)
+    return grid.goal_cells(goal)
 
 
 class PlannerPolicy:

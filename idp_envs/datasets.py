@@ -189,11 +189,10 @@ def import_gppn(path: str | os.PathLike, seed: int = 0) -> tuple[dict[str, TaskB
                 "expected (N, H, W), (N, 1, H, W), (N, 4, 1, H, W)"
             )
         occupancy = (np.asarray(maze) == 0).astype(np.uint8)
-        flat_goal = goal_map[:, 0].reshape(n, -1)
-        if not np.all(flat_goal.sum(axis=1) == 1):
-            raise DatasetError(f"{path}: split {name} has goal maps that are not one-hot")
-        idx = flat_goal.argmax(axis=1)
-        goal = np.stack([idx // maze.shape[2], idx % maze.shape[2]], axis=1)
+        try:
+            goal = grid.goal_cells(goal_map[:, 0])
+        except ValueError as exc:
+            raise DatasetError(f"{path}: split {name}: {exc}") from exc
         if occupancy[np.arange(n), goal[:, 0], goal[:, 1]].any():
             raise DatasetError(f"{path}: split {name} has goals inside obstacles (is 1 = free in its mazes?)")
         distances = grid.bfs_distances(occupancy, goal)

@@ -168,6 +168,16 @@ def expert_actions(optimal: np.ndarray) -> np.ndarray:
     return action
 
 
+def goal_cells(goal_maps: np.ndarray) -> np.ndarray:
+    """(N, 2) cells of (N, H, W) one-hot goal maps; ValueError when a map is not one-hot."""
+    goal_maps = np.asarray(goal_maps)
+    flat = goal_maps.reshape(len(goal_maps), -1)
+    if goal_maps.ndim != 3 or not np.all((flat != 0).sum(axis=1) == 1):
+        raise ValueError(f"goal maps must be (N, H, W) with exactly one nonzero cell each, got shape {goal_maps.shape}")
+    index = flat.argmax(axis=1)
+    return np.stack([index // goal_maps.shape[2], index % goal_maps.shape[2]], axis=1).astype(np.int64)
+
+
 def step_positions(
     occupancy: np.ndarray, positions: np.ndarray, actions: np.ndarray, topology: str = "plane"
 ) -> np.ndarray:

@@ -110,7 +110,7 @@ class GridPlanningEnv(gym.Env):
         r, c = self.position
         optimal = self.task.optimal_actions()[:, r, c]
         return {
-            "expert_action": int(np.argmax(optimal)) if optimal.any() else -1,
+            "expert_action": int(grid.expert_actions(optimal[None, :, None, None])[0, 0, 0]),
             "optimal_actions": optimal.copy(),
             "distance": int(self.task.distances()[r, c]),
         }

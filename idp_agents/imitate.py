@@ -37,14 +37,13 @@ from idp_agents.training import (
     evaluate_planner,
     imitation_loss,
     mapper_logits,
-    planner_actions,
 )
 from idp_envs import resolve_env_id, views
 from idp_envs.datasets import generate_splits, load_dataset, save_dataset, task_tensors
 from idp_envs.files import atomic_write
 from idp_envs.tasks import TaskBatch
 from rollouts.episodes import ReplayTasks
-from rollouts.metrics import PlanningMetrics, policy_metrics
+from rollouts.metrics import PlanningMetrics
 from rollouts.video import record_episode, save_gif
 
 STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group")
@@ -446,11 +445,7 @@ def evaluate(planner, mapper, data: dict, config: RunConfig) -> tuple[PlanningMe
     logits = mapper_logits(mapper, data["mapper_input"], config.eval_batch_size, data["goal"].device)
     accuracy = float(cspace_accuracy(logits, data["maps"][:, 0]))
     maps = cspace_planner_maps(logits, data["goal"])
-    actions = planner_actions(planner, maps, config.eval_batch_size)
-    metrics = policy_metrics(
-        actions, data["maps"][:, 0].to(torch.uint8), data["goal"], data["distances"], planner.topology
-    )
-    return metrics, accuracy
+    return evaluate_planner(planner, data, config.eval_batch_size, planner_maps=maps), accuracy
 
 
 def train_epoch(phase: str, planner, mapper, optimizer, data: dict, config: RunConfig, desc: str) -> dict:

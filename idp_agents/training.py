@@ -46,10 +46,17 @@ def planner_actions(planner: Planner, maps: Tensor, batch_size: int = 256) -> Te
 
 
 def evaluate_planner(
-    planner: Planner, tensors: dict, batch_size: int = 256, max_steps: int | None = None
+    planner: Planner,
+    tensors: dict,
+    batch_size: int = 256,
+    max_steps: int | None = None,
+    planner_maps: Tensor | None = None,
 ) -> PlanningMetrics:
-    """%Success / %Optimal / SPL of the planner's argmax policy from every reachable start of every map."""
-    actions = planner_actions(planner, tensors["maps"], batch_size)
+    """%Success / %Optimal / SPL of the planner's argmax policy from every reachable start of every map.
+
+    The policy plans on ``planner_maps`` when given (a mapper's maps) and is always scored on the true grid.
+    """
+    actions = planner_actions(planner, tensors["maps"] if planner_maps is None else planner_maps, batch_size)
     return policy_metrics(
         actions,
         tensors["maps"][:, 0].to(torch.uint8),

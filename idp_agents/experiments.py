@@ -49,13 +49,14 @@ class RunSpec:
 
     task: str
     planner: str
-    k: int
+    k: int | None  # None: the planner's default
     seed: int
     settings: tuple = ()
 
     @property
     def key(self) -> str:
-        return f"{self.task}/{self.planner}/k{self.k}/seed{self.seed}"
+        k = "default" if self.k is None else self.k
+        return f"{self.task}/{self.planner}/k{k}/seed{self.seed}"
 
     @property
     def mode(self) -> str:
@@ -191,8 +192,7 @@ def imitate_argv(config: imitate.RunConfig) -> list[str]:
         if action.nargs == 0:
             argv.append(flag)
         elif value is None:
-            if action.dest == "clip":
-                argv += [flag, "0"]
+            argv += [flag, "0" if action.dest == "clip" else "none"]
         else:
             argv += [flag, str(value)]
     return argv

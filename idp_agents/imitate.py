@@ -28,10 +28,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from idp_agents.checkpoints import load_checkpoint, save_checkpoint
+from idp_agents.implicit import FixedPointConfig
 from idp_agents.mappers import cspace_accuracy, cspace_bce_loss, cspace_planner_maps, make_mapper, mapper_input_key
 from idp_agents.planners import PLANNERS, make_planner, step_hyperparameters
 from idp_agents.policy import PlannerPolicy
 from idp_agents.training import (
+    FixedPointStats,
     action_accuracy,
     batch_rows,
     evaluate_planner,
@@ -46,7 +48,8 @@ from rollouts.episodes import ReplayTasks
 from rollouts.metrics import PlanningMetrics
 from rollouts.video import record_episode, save_gif
 
-STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group")
+STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group", "discount", "contraction")
+UNBOUNDED_WHEN_ZERO = ("discount", "contraction")
 
 
 @dataclass
@@ -56,20 +59,22 @@ class RunConfig:
     env: str = "IDP/GridMaze-15-v0"
     size: int | None = None
     planner: str = "id-vin"
-    k_fwd: int = 30
-    k_bwd: int = 15
-    solver_fwd: str = "anderson"
-    solver_bwd: str = "anderson"
-    tol_fwd: float | None = None
-    tol_bwd: float | None = None
-    gradient: str = "implicit"
-    jac_reg: float = 0.0
-    on_divergence: str = "raise"
+    k_fwd: int | None = None
+    k_bwd: int = FixedPointConfig.k_bwd
+    solver_fwd: str = FixedPointConfig.solver_fwd
+    solver_bwd: str = FixedPointConfig.solver_bwd
+    tol_fwd: float | None = FixedPointConfig.tol_fwd
+    tol_bwd: float | None = FixedPointConfig.tol_bwd
+    gradient: str = FixedPointConfig.gradient
+    jac_reg: float | None = None
+    on_divergence: str = FixedPointConfig.on_divergence
     l_h: int | None = None
     l_q: int | None = None
     hidden: int | None = None
     kernel: int | None = None
     group: str | None = None
+    discount: float | None = None
+    contraction: float | None = None
     epochs: int = 6
     mapper_epochs: int = 2
     planner_epochs: int = 2
@@ -93,7 +98,9 @@ class RunConfig:
     memory_budget_gb: float | None = None
 
     def planner_kwargs(self) -> dict:
-        """Fixed-point settings and the step hyperparameters that were set (the rest keep the step's defaults)."""
+        """Fixed-point settings and the step hyperparameters that were set; the rest keep the planner's defaults.
+
+        A bound (``discount``, ``contraction``) of 0 asks for the unbounded step."""
         if self.planner not in PLANNERS:
             raise ValueError(f"unknown planner {self.planner!r}; valid names: {', '.join(sorted(PLANNERS))}")
         accepted = step_hyperparameters(PLANNERS[self.planner].step)
@@ -101,17 +108,19 @@ class RunConfig:
         rejected = sorted(set(step) - set(accepted))
         if rejected:
             raise ValueError(f"{self.planner} does not take {rejected}; its hyperparameters are {list(accepted)}")
+        step.update({k: None for k in UNBOUNDED_WHEN_ZERO if step.get(k) == 0})
         fixed_point = {
-            "k_fwd": self.k_fwd,
             "k_bwd": self.k_bwd,
             "solver_fwd": self.solver_fwd,
             "solver_bwd": self.solver_bwd,
             "tol_fwd": self.tol_fwd,
             "tol_bwd": self.tol_bwd,
             "gradient": self.gradient,
-            "jac_reg_weight": self.jac_reg,
             "on_divergence": self.on_divergence,
         }
+        for key, value in (("k_fwd", self.k_fwd), ("jac_reg_weight", self.jac_reg)):
+            if value is not None:
+                fixed_point[key] = value
         return {**fixed_point, **step}
 
     def dataset_path(self) -> Path:
@@ -119,6 +128,11 @@ class RunConfig:
             return Path(self.data)
         name = self.env.replace("/", "_") + (f"-size{self.size}" if self.size else "")
         return Path(self.cache_dir) / f"{name}-{self.train}-{self.val}-{self.test}-seed{self.seed}.npz"
+
+
+def optional_float(text: str) -> float | None:
+    """A float flag that also takes 'none'."""
+    return None if text.lower() == "none" else float(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,16 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--k-fwd",
         dest="k_fwd",
         type=int,
-        default=defaults.k_fwd,
-        help="unrolled layers, or the implicit forward solver's iterations",
+        help=f"unrolled layers, or the implicit forward solver's iteration cap (default {FixedPointConfig.k_fwd}; "
+        f"id-convgppn {PLANNERS['id-convgppn'].defaults['k_fwd']})",
     )
     add("--k-bwd", type=int, default=defaults.k_bwd, help="implicit backward solver's iterations")
     add("--solver-fwd", default=defaults.solver_fwd, help="forward | anderson | broyden")
     add("--solver-bwd", default=defaults.solver_bwd, help="forward | anderson | broyden")
-    add("--tol-fwd", type=float, default=None, help="stop the forward solve at this relative residual")
-    add("--tol-bwd", type=float, default=None, help="stop the backward solve at this relative residual")
+    add(
+        "--tol-fwd",
+        type=optional_float,
+        default=defaults.tol_fwd,
+        help="stop the forward solve at this relative residual (none: always run --k iterations)",
+    )
+    add(
+        "--tol-bwd",
+        type=optional_float,
+        default=defaults.tol_bwd,
+        help="stop the backward solve at this relative residual (none: always run --k-bwd iterations)",
+    )
     add("--gradient", default=defaults.gradient, help="implicit (IFT backward solve) | phantom")
-    add("--jac-reg", type=float, default=defaults.jac_reg, help="weight of the Jacobian regulariser")
+    add(
+        "--jac-reg",
+        type=float,
+        help="weight of the Jacobian regulariser (default 0; id-convgppn "
+        f"{PLANNERS['id-convgppn'].defaults['jac_reg_weight']})",
+    )
     add(
         "--on-divergence",
         default=defaults.on_divergence,
@@ -151,8 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--l-h", type=int, help="VIN/SymVIN hidden channels (default 150 for VIN)")
     add("--l-q", type=int, help="VIN/SymVIN Q channels (default 100 for VIN)")
     add("--hidden", type=int, help="ConvGPPN hidden channels (default 40)")
+    add(
+        "--contraction",
+        type=float,
+        help="ConvGPPN: bound the hidden-gate filters so the step contracts by at most this factor (default: none)",
+    )
     add("--kernel", type=int, help="Bellman step kernel size (default 3)")
     add("--group", help="SymVIN symmetry group: c4 | d4")
+    add(
+        "--discount",
+        type=float,
+        help="VIN/SymVIN: bound on each value filter's L1 norm, which makes the step a contraction (default 0.95; "
+        "0: unbounded)",
+    )
     add("--epochs", type=int, default=defaults.epochs)
     add(
         "--mapper-epochs",
@@ -457,6 +497,7 @@ def train_epoch(phase: str, planner, mapper, optimizer, data: dict, config: RunC
     n = len(order)
     # loss, action accuracy, map accuracy summed on the device: read back every few batches, not every one
     sums = torch.zeros(3, device=data["maps"].device)
+    solves = FixedPointStats(data["maps"].device)
     batches, t0 = 0, time.perf_counter()
     bar = tqdm(range(0, n, config.batch_size), desc=desc, disable=not config.progress, leave=False)
     for i in bar:
@@ -476,6 +517,8 @@ def train_epoch(phase: str, planner, mapper, optimizer, data: dict, config: RunC
                 loss = loss + output.info.jac_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if logits is not None:
+            solves.add(output.info)
         if config.clip:
             params = [p for group in optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, config.clip)
@@ -510,7 +553,17 @@ def train_epoch(phase: str, planner, mapper, optimizer, data: dict, config: RunC
     }
     if mapper is not None:
         row["train_map_accuracy"] = mean_map_accuracy if phase != "planner" else float("nan")
+    row.update(solves.summary())
     return row
+
+
+PROBE_MAPS = 8
+
+
+def probe_spectral_radius(planner, data: dict) -> dict[str, float]:
+    """Spectral radius of the step's Jacobian at its fixed point on the first validation maps (a fixed probe)."""
+    radius = planner.spectral_radius(data["maps"][:PROBE_MAPS])
+    return {"spectral_radius_mean": float(radius.mean()), "spectral_radius_max": float(radius.max())}
 
 
 def run(config: RunConfig) -> dict:
@@ -592,6 +645,7 @@ def train_and_report(config: RunConfig) -> dict:
         row.update(train_epoch(phase, trained_planner, trained_mapper, optimizer, data["train"], config, desc))
         val, val_map_accuracy = evaluate(planner, mapper, data["val"], config)
         row.update(val_success=val.success, val_optimal=val.optimal, val_spl=val.spl)
+        row.update(probe_spectral_radius(planner, data["val"]))
         if mapper is not None:
             row["val_map_accuracy"] = val_map_accuracy
         history.append(row)
@@ -621,7 +675,7 @@ def train_and_report(config: RunConfig) -> dict:
         mapped = f"  map accuracy {val_map_accuracy:.3f}" if mapper is not None else ""
         print(
             f"{desc}: loss {row['train_loss']:.4f}  accuracy {row['train_accuracy']:.3f}  val {val}{mapped}  "
-            f"({row['train_seconds']:.0f} s, {row['maps_per_second']:.0f} maps/s)"
+            f"({row['train_seconds']:.0f} s, {row['maps_per_second']:.0f} maps/s)\n  {fixed_point_line(row)}"
         )
     if writer is not None:
         writer.close()
@@ -658,6 +712,22 @@ def train_and_report(config: RunConfig) -> dict:
     return report
 
 
+def fixed_point_line(row: dict) -> str:
+    """The epoch's fixed-point diagnostics in one line."""
+    solves = "unrolled: no solves"
+    if not np.isnan(row["fwd_residual_mean"]):
+        solves = (
+            f"forward residual mean {row['fwd_residual_mean']:.1e} max {row['fwd_residual_max']:.1e} "
+            f"({100 * row['fwd_nonconverged']:.1f}% above tol)"
+        )
+        if not np.isnan(row["bwd_residual_mean"]):
+            solves += (
+                f"  backward mean {row['bwd_residual_mean']:.1e} max {row['bwd_residual_max']:.1e} "
+                f"({100 * row['bwd_nonconverged']:.1f}% above tol)"
+            )
+    return f"{solves}  spectral radius mean {row['spectral_radius_mean']:.3f} max {row['spectral_radius_max']:.3f}"
+
+
 def render_test_episode(planner, mapper, input_key, tasks: TaskBatch, config: RunConfig, path: Path) -> Path:
     """Play the first test task with the trained policy, its value map drawn under the path, and save a GIF."""
     policy = PlannerPolicy(planner, next(planner.parameters()).device, mapper, input_key)
@@ -685,7 +755,7 @@ def print_report(report: dict) -> None:
 def check_counts(config: RunConfig) -> None:
     """Clear errors for flags that would otherwise fail deep inside training."""
     for name in ("batch_size", "eval_batch_size", "train", "val", "test", "k_fwd", "k_bwd"):
-        if getattr(config, name) < 1:
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     for name in ("epochs", "mapper_epochs", "planner_epochs"):
         if getattr(config, name) < 0:

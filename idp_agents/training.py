@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from idp_agents.implicit import FixedPointInfo
 from idp_agents.planners import Planner
+from idp_agents.solvers import SolverInfo
 from rollouts.metrics import PlanningMetrics, policy_metrics
 
 
@@ -31,6 +33,43 @@ def action_accuracy(logits: Tensor, optimal: Tensor) -> Tensor:
     cells = optimal.any(dim=1)
     hit = optimal.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
     return hit[cells].float().mean()
+
+
+class FixedPointStats:
+    """Final relative residuals and non-converged shares of the forward and backward solves over many calls.
+
+    Summed on the device (no host reads per batch); ``summary()`` reads them once. Unrolled planners make no solves,
+    so their entries are NaN. A solve run without a tolerance counts as not converged.
+    """
+
+    KINDS = ("fwd", "bwd")
+
+    def __init__(self, device: torch.device) -> None:
+        # per kind: residual sum, residual max, non-converged count, sample count
+        self.totals = torch.zeros(len(self.KINDS), 4, dtype=torch.float64, device=device)
+
+    def _add(self, kind: int, solve: SolverInfo) -> None:
+        residual = solve.final_residual.detach().to(torch.float64)
+        self.totals[kind, 0] += residual.sum()
+        self.totals[kind, 1] = torch.maximum(self.totals[kind, 1], residual.max())
+        self.totals[kind, 2] += (~solve.converged).sum()
+        self.totals[kind, 3] += residual.numel()
+
+    def add(self, info: FixedPointInfo) -> None:
+        """Take note of one planner call's solves (call after backward, which fills in the backward solves)."""
+        if info.forward is not None:
+            self._add(0, info.forward)
+        for solve in info.backward:
+            self._add(1, solve)
+
+    def summary(self) -> dict[str, float]:
+        totals = self.totals.tolist()
+        row = {}
+        for kind, (residual_sum, residual_max, nonconverged, count) in zip(self.KINDS, totals, strict=True):
+            row[f"{kind}_residual_mean"] = residual_sum / count if count else float("nan")
+            row[f"{kind}_residual_max"] = residual_max if count else float("nan")
+            row[f"{kind}_nonconverged"] = nonconverged / count if count else float("nan")
+        return row
 
 
 def planner_actions(planner: Planner, maps: Tensor, batch_size: int = 256) -> Tensor:

@@ -53,8 +53,10 @@ def random_maps(batch: int, height: int, width: int, seed: int = 0) -> torch.Ten
 
 def perturbed_planner(name: str, topology: str = "plane", seed: int = 0, **kwargs) -> Planner:
     """A small planner with random weights, VIN's zero-initialised value share small enough for the step to contract,
-    so that 30 solver iterations converge and both paths' round-off cannot be amplified."""
+    so that 30 solver iterations converge and both paths' round-off cannot be amplified. No tolerances: every solve
+    runs its whole budget, so both paths take the same number of steps."""
     torch.manual_seed(seed)
+    kwargs = {"tol_fwd": None, "tol_bwd": None, **kwargs}
     planner = make_planner(name, topology=topology, k_fwd=30, k_bwd=20, **kwargs)
     with torch.no_grad():
         for p in planner.parameters():

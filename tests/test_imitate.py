@@ -54,6 +54,20 @@ def test_training_beats_a_random_policy_by_far(trained):
     assert lines[0].startswith("epoch,phase,train_loss") and len(lines) == 4
 
 
+def test_every_epoch_logs_the_fixed_points_health(trained):
+    """Residuals of both solves, the share above tolerance and the probe's spectral radius, per epoch."""
+    import csv
+
+    tmp_path, _ = trained
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for solve in ("fwd", "bwd"):
+            assert 0 <= float(row[f"{solve}_residual_mean"]) <= float(row[f"{solve}_residual_max"])
+            assert 0 <= float(row[f"{solve}_nonconverged"]) <= 1
+        assert 0 < float(row["spectral_radius_mean"]) <= float(row["spectral_radius_max"])
+
+
 def test_sb3_evaluate_policy_agrees_with_batched_metrics(trained):
     from stable_baselines3.common.evaluation import evaluate_policy
 

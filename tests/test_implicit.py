@@ -82,7 +82,7 @@ def test_backward_solver_info_recorded_once_per_backward_and_repeatable():
 
 def test_forward_value_same_in_train_and_eval_and_matches_unrolled():
     layer = TanhLayer()
-    config = FixedPointConfig(mode="implicit", k_fwd=12, solver_fwd="forward")
+    config = FixedPointConfig(mode="implicit", k_fwd=12, solver_fwd="forward", tol_fwd=None)
     train, _ = layer.solve(config)
     with torch.no_grad():
         evaluated, info = layer.solve(config)
@@ -237,7 +237,7 @@ def test_image_shaped_state_and_batch_converging_at_different_speeds(mode):
     def f(z):
         return rates * torch.tanh(conv(z)) + x
 
-    config = FixedPointConfig(mode=mode, k_fwd=100, tol_fwd=1e-12, k_bwd=100)
+    config = FixedPointConfig(mode=mode, k_fwd=100, tol_fwd=1e-12, k_bwd=100, tol_bwd=1e-12)
     z, info = solve_fixed_point(f, torch.zeros_like(x), config)
     assert z.shape == x.shape
     with torch.no_grad():

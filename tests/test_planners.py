@@ -87,8 +87,11 @@ def test_train_step_gives_finite_gradients_and_moves_every_parameter(name):
 
 
 def contractive_vin(topology: str = "plane", **fixed_point) -> Planner:
-    """ID-VIN whose value share of Q has L1 norm 0.5 per channel: the step is a 0.5-contraction in max norm."""
+    """ID-VIN whose value share of Q has L1 norm 0.5 per channel: the step is a 0.5-contraction in max norm.
+
+    Solved to round-off (tolerances 1e-13) unless ``fixed_point`` says otherwise."""
     torch.manual_seed(3)
+    fixed_point = {"tol_fwd": 1e-13, "tol_bwd": 1e-13, **fixed_point}
     planner = randomise_value_share(make_planner("id-vin", topology=topology, l_h=8, l_q=8, **fixed_point)).double()
     with torch.no_grad():
         w = planner.step.q_value
@@ -160,10 +163,12 @@ def set_value_iteration_weights(planner: Planner) -> None:
             step.policy.weight[a, a, 0, 0] = 1.0
 
 
+@pytest.mark.parametrize("discount", [None, 0.95])
 @pytest.mark.parametrize("topology", ["plane", "torus"])
-def test_hand_set_vin_is_value_iteration_with_actions_in_order_n_w_s_e(topology):
-    """Pins the action order and the padding: v = -BFS distance, and the argmax is a shortest-path move."""
-    planner = make_planner("vin", topology=topology, l_h=2, l_q=5, k_fwd=80)
+def test_hand_set_vin_is_value_iteration_with_actions_in_order_n_w_s_e(topology, discount):
+    """Pins the action order and the padding: v = -BFS distance (discounted: -(1 - g^d) / (1 - g)), and the argmax
+    is a shortest-path move. The bounded value filter turns the hand-set filter (L1 norm 1) into discounted VI."""
+    planner = make_planner("vin", topology=topology, l_h=2, l_q=5, k_fwd=80, kernel=3, discount=discount)
     set_value_iteration_weights(planner)
     rng = np.random.default_rng(6)
     obstacles = (rng.random((11, 13)) < 0.25).astype(np.float32)
@@ -179,7 +184,9 @@ def test_hand_set_vin_is_value_iteration_with_actions_in_order_n_w_s_e(topology)
         out = planner(maps)
     dist = bfs_distances(obstacles, goal, torus=topology == "torus")
     reachable = dist > 0
-    np.testing.assert_allclose(out.value[0].numpy()[dist >= 0], -dist[dist >= 0], atol=1e-4)
+    d = dist[dist >= 0].astype(np.float64)
+    expected = -d if discount is None else -(1 - discount**d) / (1 - discount)
+    np.testing.assert_allclose(out.value[0].numpy()[dist >= 0], expected, atol=1e-4)
     action = out.logits[0].argmax(dim=0).numpy()
     for r, c in zip(*np.nonzero(reachable), strict=True):
         dr, dc = MOVES[action[r, c]]

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from idp_agents.implicit import FixedPointConfig, FixedPointInfo, solve_fixed_point
+from idp_agents.implicit import FixedPointConfig, FixedPointInfo, solve_fixed_point, spectral_radius
+from idp_agents.solvers import anderson
 from idp_envs.grid import check_topology
 
 
@@ -26,6 +28,28 @@ def check_positive(value: int, name: str) -> int:
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def check_discount(discount: float | None) -> float | None:
+    """Return `discount` if it is None (unbounded) or a number in (0, 1), else raise naming the problem."""
+    if discount is not None and not (isinstance(discount, (int, float)) and 0 < discount < 1):
+        raise ValueError(f"discount must lie in (0, 1) or be None (unbounded value filter), got {discount!r}")
+    return discount
+
+
+def bounded_value_filter(weight: Tensor, discount: float | None, rows_per_field: int = 1) -> Tensor:
+    """Scale each output field's value filter so that every row's L1 norm is at most ``discount``.
+
+    The VIN-family step v' = max_c (Q_r,c + w_c * v) then is a ``discount``-contraction in the max norm
+    (|v1' - v2'| <= max_c ||w_c||_1 ||v1 - v2||_inf), so it has exactly one fixed point and the spectral radius of
+    its Jacobian is at most ``discount``: the learned counterpart of value iteration's discount factor. The rows of
+    one regular field share one scale, which keeps a steerable filter equivariant. ``None``: the filter unchanged.
+    """
+    if discount is None:
+        return weight
+    norms = weight.abs().flatten(1).sum(dim=1).view(-1, rows_per_field).amax(dim=1)
+    scale = discount / norms.clamp_min(discount)
+    return weight * scale.repeat_interleave(rows_per_field).view(-1, *([1] * (weight.dim() - 1)))
 
 
 def same_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, topology: str) -> Tensor:
@@ -128,3 +152,15 @@ class Planner(nn.Module):
             transposed_jacobian=lambda z_star: self.step.transposed_jacobian(z_star, ctx),
         )
         return PlannerOutput(logits=self.step.head(z, ctx), value=self.step.value_map(z), info=info)
+
+    def spectral_radius(self, maps: Tensor, iterations: int = 40, solve_iterations: int = 200) -> Tensor:
+        """(B,) spectral radius of the step's Jacobian dz'/dz at its fixed point on ``maps``, by power iteration.
+
+        The fixed point is found by Anderson with a generous budget (``solve_iterations``, tolerance 1e-6) whatever
+        the planner's own mode, so unrolled and implicit planners are measured alike. Below 1: the step is locally a
+        contraction, the condition under which the implicit gradient is exact and the forward solve converges.
+        """
+        with torch.no_grad():
+            ctx = self.step.encode(check_maps(maps))
+            z_star, _ = anderson(lambda z: self.step(z, ctx), self.step.initial_state(ctx), solve_iterations, 1e-6)
+        return spectral_radius(lambda z: self.step(z, ctx), z_star, iterations)

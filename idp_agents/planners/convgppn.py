@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from idp_agents.planners.base import BellmanStep, check_odd_kernel, check_positive, same_conv_module
+from idp_agents.planners.base import BellmanStep, check_discount, check_odd_kernel, check_positive, same_conv_module
 from idp_agents.planners.fused import compile_wanted, compiled_gru_update, gru_update_inplace, use_fused
 
 
@@ -16,13 +16,17 @@ class ConvGPPNContext:
     """What ConvGPPN computes once per forward: the input's share of the three GRU gates."""
 
     input_gates: Tensor  # (B, 3 * hidden, H, W): [reset, update, candidate] pre-activations from the reward features
+    hidden_weight: Tensor  # (3 * hidden, hidden, F, F): the hidden-gate filter, bounded when the step is
 
 
 class ConvGPPNStep(BellmanStep):
     """r = encoder(map); h <- ConvGRU(r, h) with kernel F, r injected every step; logits = conv1x1(h)."""
 
-    def __init__(self, *, topology: str = "plane", hidden: int = 40, kernel: int = 3) -> None:
+    def __init__(
+        self, *, topology: str = "plane", hidden: int = 40, kernel: int = 3, contraction: float | None = None
+    ) -> None:
         super().__init__(topology)
+        self.contraction = check_discount(contraction)
         self.hidden = check_positive(hidden, "hidden")
         self.kernel = check_odd_kernel(kernel)
         self.encoder = nn.Sequential(
@@ -35,14 +39,26 @@ class ConvGPPNStep(BellmanStep):
         self.policy = nn.Conv2d(hidden, 4, 1)
 
     def encode(self, maps: Tensor) -> ConvGPPNContext:
-        return ConvGPPNContext(input_gates=self.input_gates(self.encoder(maps)))
+        return ConvGPPNContext(input_gates=self.input_gates(self.encoder(maps)), hidden_weight=self.hidden_weight())
+
+    def hidden_weight(self) -> Tensor:
+        """The hidden-gate filter; with ``contraction`` k its reset, update and candidate rows are scaled to L1 norms
+        of at most 1, k/8 and 3k/5, which bounds the step's Lipschitz constant in the max norm by u + (1 - u) k < 1
+        per cell (u the update gate), since |h| <= 1."""
+        weight = self.hidden_gates.weight
+        if self.contraction is None:
+            return weight
+        bounds = weight.new_tensor([1.0, self.contraction / 8, 3 * self.contraction / 5])
+        norms = weight.abs().flatten(1).sum(dim=1).view(3, -1)
+        scale = torch.minimum(torch.ones_like(norms), bounds[:, None] / norms.clamp_min(1e-12))
+        return weight * scale.view(-1, 1, 1, 1)
 
     def initial_state(self, ctx: ConvGPPNContext) -> Tensor:
         b, _, h, w = ctx.input_gates.shape
         return ctx.input_gates.new_zeros(b, self.hidden, h, w)
 
     def forward(self, z: Tensor, ctx: ConvGPPNContext) -> Tensor:
-        hidden_gates = self.hidden_gates(z)
+        hidden_gates = self.conv(z, ctx.hidden_weight, self.hidden_gates.bias)
         if use_fused(self.fused):
             if compile_wanted(z.device):
                 return compiled_gru_update(ctx.input_gates, hidden_gates, z)

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from idp_agents.planners.base import BellmanStep, check_odd_kernel, check_positive
+from idp_agents.planners.base import BellmanStep, bounded_value_filter, check_discount, check_odd_kernel, check_positive
 from idp_agents.planners.fused import TapMax, use_fused
+from idp_agents.planners.vin import DEFAULT_DISCOUNT, DEFAULT_KERNEL
 
 GROUP_ORDERS = {"c4": 4, "d4": 8}
 FIELD_KINDS = ("trivial", "regular")
@@ -116,7 +117,11 @@ class SymVINContext:
 
 
 class SymVINStep(BellmanStep):
-    """The VIN step on steerable fields: Q = conv_F(R) + conv_F(V) as l_q regular fields, V = max over the copies."""
+    """The VIN step on steerable fields: Q = conv_F(R) + conv_F(V) as l_q regular fields, V = max over the copies.
+
+    ``discount`` bounds the value filter of each Q field as in VIN (one scale per field keeps it equivariant), so the
+    step is a contraction; None leaves it unbounded.
+    """
 
     def __init__(
         self,
@@ -125,10 +130,12 @@ class SymVINStep(BellmanStep):
         group: str = "c4",
         l_h: int | None = None,
         l_q: int | None = None,
-        kernel: int = 3,
+        kernel: int = DEFAULT_KERNEL,
+        discount: float | None = DEFAULT_DISCOUNT,
     ) -> None:
         super().__init__(topology)
         self.group = check_group(group)
+        self.discount = check_discount(discount)
         self.order = GROUP_ORDERS[group]
         default_l_h, default_l_q = DEFAULT_FIELDS[group]
         self.l_h = check_positive(default_l_h if l_h is None else l_h, "l_h")
@@ -146,7 +153,8 @@ class SymVINStep(BellmanStep):
         reward = self.conv(hidden, *self.r.filter())
         q_reward_filter = self.q_reward.filter()[0]
         q_reward = self.conv(reward, q_reward_filter)
-        return SymVINContext(reward, q_reward, self.q_value.filter()[0], self.policy.filter()[0], q_reward_filter)
+        value_filter = bounded_value_filter(self.q_value.filter()[0], self.discount, rows_per_field=self.order)
+        return SymVINContext(reward, q_reward, value_filter, self.policy.filter()[0], q_reward_filter)
 
     def initial_state(self, ctx: SymVINContext) -> Tensor:
         b, _, h, w = ctx.reward.shape

@@ -9,8 +9,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from idp_agents.planners.base import BellmanStep, check_odd_kernel, check_positive, same_conv_module
+from idp_agents.planners.base import (
+    BellmanStep,
+    bounded_value_filter,
+    check_discount,
+    check_odd_kernel,
+    check_positive,
+    same_conv_module,
+)
 from idp_agents.planners.fused import TapMax, fold_taps, fused_enabled, use_fused
+
+DEFAULT_KERNEL = 5
+DEFAULT_DISCOUNT = 0.95
 
 
 @dataclass
@@ -19,17 +29,31 @@ class VINContext:
 
     reward: Tensor  # (B, 1, H, W)
     q_reward: Tensor  # (B, l_q, H, W): conv(r, w_r), the part of Q that does not change between steps
+    value_filter: Tensor  # (l_q, 1, F, F): the bounded value share of Q's filter
     tap_max: TapMax | None = field(default=None, repr=False)  # the fused step, built on the first no-grad step
 
 
 class VINStep(BellmanStep):
-    """h = conv3x3(map), r = conv1x1(h), Q = conv_F([r, v]) split into reward and value shares, v = max_c Q."""
+    """h = conv3x3(map), r = conv1x1(h), Q = conv_F([r, v]) split into reward and value shares, v = max_c Q.
 
-    def __init__(self, *, topology: str = "plane", l_h: int = 150, l_q: int = 100, kernel: int = 3) -> None:
+    ``discount`` bounds each Q channel's value filter to that L1 norm (see ``bounded_value_filter``), which makes
+    the step a contraction with a unique fixed point; None leaves it unbounded, as in the published VIN.
+    """
+
+    def __init__(
+        self,
+        *,
+        topology: str = "plane",
+        l_h: int = 150,
+        l_q: int = 100,
+        kernel: int = DEFAULT_KERNEL,
+        discount: float | None = DEFAULT_DISCOUNT,
+    ) -> None:
         super().__init__(topology)
         self.l_h = check_positive(l_h, "l_h")
         self.l_q = check_positive(l_q, "l_q")
         self.kernel = check_odd_kernel(kernel)
+        self.discount = check_discount(discount)
         self.h = same_conv_module(2, l_h, 3, topology)
         self.r = nn.Conv2d(l_h, 1, 1, bias=False)
         self.q_reward = nn.Parameter(torch.empty(l_q, 1, kernel, kernel))
@@ -42,19 +66,20 @@ class VINStep(BellmanStep):
 
     def encode(self, maps: Tensor) -> VINContext:
         reward = self.r(self.h(maps))
-        return VINContext(reward=reward, q_reward=self.conv(reward, self.q_reward))
+        value_filter = bounded_value_filter(self.q_value, self.discount)
+        return VINContext(reward=reward, q_reward=self.conv(reward, self.q_reward), value_filter=value_filter)
 
     def initial_state(self, ctx: VINContext) -> Tensor:
         return torch.zeros_like(ctx.reward)
 
     def q_values(self, v: Tensor, ctx: VINContext) -> Tensor:
         """Q (B, l_q, H, W) for the value map v (B, 1, H, W)."""
-        return ctx.q_reward + self.conv(v, self.q_value)
+        return ctx.q_reward + self.conv(v, ctx.value_filter)
 
     def forward(self, z: Tensor, ctx: VINContext) -> Tensor:
         if use_fused(self.fused):
             if ctx.tap_max is None:
-                ctx.tap_max = TapMax(ctx.reward, self.q_reward, self.q_value, self.l_q, self.topology)
+                ctx.tap_max = TapMax(ctx.reward, self.q_reward, ctx.value_filter, self.l_q, self.topology)
             return ctx.tap_max(z)
         return self.q_values(z, ctx).amax(dim=1, keepdim=True)
 
@@ -69,7 +94,7 @@ class VINStep(BellmanStep):
             return None
         with torch.no_grad():
             best = self.q_values(z, ctx).argmax(dim=1).flatten(1)  # (B, H*W)
-            coefficients = self.q_value.detach().flatten(1)[best].transpose(1, 2)  # (B, k*k, H*W)
+            coefficients = ctx.value_filter.detach().flatten(1)[best].transpose(1, 2)  # (B, k*k, H*W)
         height, width = z.shape[-2:]
 
         def product(w: Tensor) -> Tensor:

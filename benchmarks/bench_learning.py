@@ -160,13 +160,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, help="torch CPU threads per run (1 when several runs share a CPU)")
     p.add_argument("--out", type=Path, help="tables; default: benchmarks/results/learning-cpu or learning-full")
     p.add_argument("--runs", type=Path, help="run directories; default: runs/bench_learning-cpu or -full")
+    p.add_argument("--report-only", action="store_true", help="tabulate the finished runs; train nothing")
     args = p.parse_args(argv)
     protocol = "full" if args.full else "cpu"
     out = args.out or Path("benchmarks/results") / f"learning-{protocol}"
     runs = args.runs or Path("runs") / f"bench_learning-{protocol}"
     sweep = build_sweep(protocol, args.tasks, args.planners, args.seeds, runs, args.threads)
-    run_sweep(sweep, jobs=args.jobs, devices=args.devices)
-    rows = [run_row(record) for record in collect(sweep)]
+    if not args.report_only:
+        run_sweep(sweep, jobs=args.jobs, devices=args.devices)
+    rows = [run_row(record) for record in collect(sweep) if record["status"] != "not run"]
     settings = ", ".join(f"{k} {v}" for k, v in PROTOCOLS[protocol].items())
     write_results(rows, args.tasks, out, f"Learning benchmark, {protocol} protocol ({settings}; imitate's defaults)")
     print((out / "learning.md").read_text())

@@ -134,3 +134,20 @@ def test_default_implicit_planners_stay_contractive_while_they_learn(name):
     assert np.mean(losses[-6:]) < np.mean(losses[:6])
     assert stats.summary()["fwd_nonconverged"] == 0.0
     assert (planner.spectral_radius(data["maps"][:8]) < 1).all()
+
+
+@pytest.mark.parametrize("topology", ["plane", "torus"])
+def test_bounded_convgppn_step_is_non_expansive_on_its_state_space_whatever_its_weights(topology):
+    """With ``contraction`` k the Lipschitz bound u + (1 - u) k < 1 holds per cell for states in [-1, 1]."""
+    torch.manual_seed(0)
+    planner = make_planner("id-convgppn", topology=topology, hidden=8, contraction=0.9)
+    with torch.no_grad():
+        for p in planner.parameters():
+            p.normal_(0, 3.0)
+        ctx = planner.step.encode(random_maps(3, 9))
+        h1 = torch.rand_like(planner.step.initial_state(ctx)) * 2 - 1
+        for scale in (1.0, 1e-3):  # far apart, and close (the local Jacobian)
+            h2 = (h1 + scale * torch.randn_like(h1)).clamp(-1, 1)
+            gap = (planner.step(h1, ctx) - planner.step(h2, ctx)).abs().flatten(1).amax(dim=1)
+            # an update gate that rounds to 1 copies its cell (factor exactly 1): non-expansive, not strict
+            assert (gap <= (h1 - h2).abs().flatten(1).amax(dim=1) * (1 + 1e-6)).all()

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from idp_agents.checkpoints import load_checkpoint, save_checkpoint
 from idp_agents.implicit import FixedPointConfig
 from idp_agents.mappers import cspace_accuracy, cspace_bce_loss, cspace_planner_maps, make_mapper, mapper_input_key
-from idp_agents.planners import PLANNERS, make_planner, step_hyperparameters
+from idp_agents.planners import FIXED_POINT_KEYS, PLANNERS, make_planner, step_hyperparameters
 from idp_agents.policy import PlannerPolicy
 from idp_agents.training import (
     FixedPointStats,
@@ -607,7 +607,7 @@ def train_and_report(config: RunConfig) -> dict:
     optimizer = torch.optim.RMSprop(params, lr=config.lr)
     run_config = {
         "planner": config.planner,
-        "planner_kwargs": planner_kwargs,
+        "planner_kwargs": resolved_planner_kwargs(planner),
         "topology": topology,
         "env_id": config.env,
         "mapper": {"input": input_key, "shape": list(shape)} if mapper is not None else None,
@@ -710,6 +710,14 @@ def train_and_report(config: RunConfig) -> dict:
         print(f"rendered a test episode to {gif}")
     barrier()
     return report
+
+
+def resolved_planner_kwargs(planner) -> dict:
+    """Every fixed-point setting and step hyperparameter the planner was built with, defaults included, so a
+    checkpoint rebuilds the same planner whatever later versions choose as defaults."""
+    fixed_point = {k: getattr(planner.fixed_point, k) for k in FIXED_POINT_KEYS}
+    step = {k: getattr(planner.step, k) for k in step_hyperparameters(type(planner.step))}
+    return {**fixed_point, **step}
 
 
 def fixed_point_line(row: dict) -> str:

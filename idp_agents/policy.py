@@ -10,7 +10,7 @@ import torch
 
 from idp_agents.checkpoints import load_checkpoint
 from idp_agents.mappers import cspace_planner_maps, make_mapper
-from idp_agents.planners import Planner, make_planner
+from idp_agents.planners import PLANNERS, Planner, make_planner, step_hyperparameters
 from idp_envs import grid
 
 
@@ -29,6 +29,20 @@ def goal_cells(goal: np.ndarray) -> np.ndarray:
     if goal.ndim == 2 and goal.shape[1] == 2:
         return goal.astype(np.int64)
     return grid.goal_cells(goal)
+
+
+# Step defaults before value filters were bounded (checkpoints from then record only the hyperparameters set).
+LEGACY_STEP_DEFAULTS = {"kernel": 3, "discount": None, "contraction": None}
+
+
+def legacy_planner_kwargs(config: dict) -> dict:
+    """A checkpoint's planner settings; one written before imitate recorded every resolved setting (it has no
+    ``discount`` or ``contraction`` key) gets the step defaults of its time, not today's."""
+    kwargs = dict(config["planner_kwargs"])
+    if "discount" in kwargs or "contraction" in kwargs:
+        return kwargs
+    accepted = step_hyperparameters(PLANNERS[config["planner"]].step)
+    return {**{k: v for k, v in LEGACY_STEP_DEFAULTS.items() if k in accepted}, **kwargs}
 
 
 class PlannerPolicy:
@@ -66,7 +80,7 @@ class PlannerPolicy:
         """Rebuild the planner (and mapper) a checkpoint of ``python -m idp_agents.imitate`` describes."""
         payload = load_checkpoint(path, map_location=device)
         config = payload["config"]
-        planner = make_planner(config["planner"], topology=config["topology"], **config["planner_kwargs"])
+        planner = make_planner(config["planner"], topology=config["topology"], **legacy_planner_kwargs(config))
         planner.load_state_dict(payload["model"])
         mapper, mapper_input = None, None
         if config.get("mapper"):

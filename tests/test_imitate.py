@@ -196,3 +196,17 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 def test_bad_names_list_the_valid_ones(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
         imitate.main([*args, "--out", str(tmp_path / "x"), "--cache-dir", str(tmp_path), "--no-progress"])
+
+
+def test_checkpoint_records_every_resolved_setting_and_old_checkpoints_keep_their_defaults(trained):
+    from idp_agents.policy import legacy_planner_kwargs
+
+    tmp_path, _ = trained
+    config = load_checkpoint(tmp_path / "run" / "best.pt")["config"]
+    kwargs = config["planner_kwargs"]
+    assert (
+        kwargs["kernel"] == 3 and kwargs["contraction"] is None and kwargs["k_fwd"] == 20 and kwargs["tol_fwd"] == 1e-4
+    )
+    assert legacy_planner_kwargs(config) == kwargs
+    old = {"planner": "id-vin", "planner_kwargs": {"k_fwd": 30, "l_h": 8}}  # written before bounded value filters
+    assert legacy_planner_kwargs(old) == {"kernel": 3, "discount": None, "k_fwd": 30, "l_h": 8}

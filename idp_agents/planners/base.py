@@ -44,6 +44,7 @@ def bounded_value_filter(weight: Tensor, discount: float | None, rows_per_field:
     (|v1' - v2'| <= max_c ||w_c||_1 ||v1 - v2||_inf), so it has exactly one fixed point and the spectral radius of
     its Jacobian is at most ``discount``: the learned counterpart of value iteration's discount factor. The rows of
     one regular field share one scale, which keeps a steerable filter equivariant. ``None``: the filter unchanged.
+    ConvGPPN's ``contraction`` bounds its gate filters' rows with it too.
     """
     if discount is None:
         return weight

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from idp_agents.planners.base import BellmanStep, check_discount, check_odd_kernel, check_positive, same_conv_module
+from idp_agents.planners.base import (
+    BellmanStep,
+    bounded_value_filter,
+    check_discount,
+    check_odd_kernel,
+    check_positive,
+    same_conv_module,
+)
 from idp_agents.planners.fused import compile_wanted, compiled_gru_update, gru_update_inplace, use_fused
 
 
@@ -48,10 +55,10 @@ class ConvGPPNStep(BellmanStep):
         weight = self.hidden_gates.weight
         if self.contraction is None:
             return weight
-        bounds = weight.new_tensor([1.0, self.contraction / 8, 3 * self.contraction / 5])
-        norms = weight.abs().flatten(1).sum(dim=1).view(3, -1)
-        scale = torch.minimum(torch.ones_like(norms), bounds[:, None] / norms.clamp_min(1e-12))
-        return weight * scale.view(-1, 1, 1, 1)
+        bounds = (1.0, self.contraction / 8, 3 * self.contraction / 5)
+        return torch.cat(
+            [bounded_value_filter(rows, bound) for rows, bound in zip(weight.chunk(3), bounds, strict=True)]
+        )
 
     def initial_state(self, ctx: ConvGPPNContext) -> Tensor:
         b, _, h, w = ctx.input_gates.shape

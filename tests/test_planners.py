@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from idp_agents.implicit import FixedPointConfig, FixedPointInfo
 from idp_agents.planners import PLANNERS, ConvGPPNStep, Planner, SymVINStep, VINStep, make_planner
+from idp_agents.planners.base import channel_max
 from idp_envs import grid
 
 SMALL = {"vin": dict(l_h=8, l_q=8), "convgppn": dict(hidden=8), "symvin": dict(l_h=3, l_q=3)}
@@ -262,3 +263,47 @@ def test_make_planner_rejects_bad_arguments(name, kwargs, match):
 def test_bad_map_input_raises_value_error(name, maps):
     with pytest.raises(ValueError, match="maps"):
         small_planner(name)(maps)
+
+
+def test_channel_max_matches_amax_and_its_gradient_without_ties():
+    x = torch.randn(3, 7, 4, 5, dtype=torch.float64, requires_grad=True)
+    out = channel_max(x)
+    torch.testing.assert_close(out, x.amax(dim=1, keepdim=True))
+    assert torch.autograd.gradcheck(channel_max, (x,))
+    # double backward (the Jacobian regulariser differentiates a vector-Jacobian product)
+    assert torch.autograd.gradgradcheck(channel_max, (x,))
+
+
+def saved_bytes_per_layer(name: str, k: int, **hyper) -> int:
+    """Bytes of distinct storage the unrolled planner's autograd graph keeps for backward, per layer (the
+    difference of two depths; a weight saved by every layer counts once)."""
+
+    def saved(depth: int) -> int:
+        torch.manual_seed(0)
+        planner = make_planner(name, k_fwd=depth, **hyper)
+        storages = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            planner(torch.rand(2, 2, 9, 9))
+        return sum(storages.values())
+
+    return (saved(2 * k) - saved(k)) // k
+
+
+@pytest.mark.parametrize("name", ["vin", "symvin"])
+def test_unrolled_vin_family_keeps_the_argmax_not_q_for_each_layer(name):
+    # Per layer: the value map the convolution needs (float32) and the argmax (one byte); never Q itself (l_q
+    # channels per cell), which amax's backward would keep.
+    l_q = 40
+    hyper = {"l_q": l_q} if name == "vin" else {"l_q": 10}
+    per_layer = saved_bytes_per_layer(name, 5, **hyper)
+    cells = 2 * 9 * 9
+    order = 1 if name == "vin" else 4
+    q_bytes = cells * l_q * 4
+    assert per_layer < q_bytes / 2
+    assert per_layer <= cells * order * (4 + 1)

@@ -53,6 +53,33 @@ def bounded_value_filter(weight: Tensor, discount: float | None, rows_per_field:
     return weight * scale.repeat_interleave(rows_per_field).view(-1, *([1] * (weight.dim() - 1)))
 
 
+class _ChannelMax(torch.autograd.Function):
+    """max over ``dim`` that keeps only the argmax indices (one byte per output cell when they fit) for backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dim: int) -> Tensor:
+        values, indices = x.max(dim=dim, keepdim=True)
+        ctx.dim, ctx.shape = dim, x.shape
+        ctx.save_for_backward(indices.to(torch.uint8) if x.shape[dim] <= 256 else indices)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (indices,) = ctx.saved_tensors
+        # out-of-place, so that a double backward (the Jacobian regulariser's create_graph) stays differentiable
+        return grad.new_zeros(ctx.shape).scatter(ctx.dim, indices.long(), grad), None
+
+
+def channel_max(x: Tensor, dim: int = 1) -> Tensor:
+    """max of ``x`` over ``dim`` (kept as size 1), the gradient flowing to the first maximal entry.
+
+    Unlike ``amax``, whose backward keeps the whole input, this keeps only the argmax indices, so an unrolled VIN
+    holds (B, 1, H, W) bytes per layer for the max where ``amax`` held (B, l_q, H, W) floats. On a tie the whole
+    gradient goes to the first maximal channel (``amax`` splits it): the step is not differentiable there.
+    """
+    return _ChannelMax.apply(x, dim)
+
+
 def same_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, topology: str) -> Tensor:
     """Convolution keeping H x W: zero padding on the plane, circular (wrap-around) padding on the torus."""
     pad = weight.shape[-1] // 2

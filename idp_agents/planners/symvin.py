@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from idp_agents.planners.base import BellmanStep, bounded_value_filter, check_discount, check_odd_kernel, check_positive
+from idp_agents.planners.base import (
+    BellmanStep,
+    bounded_value_filter,
+    channel_max,
+    check_discount,
+    check_odd_kernel,
+    check_positive,
+)
 from idp_agents.planners.fused import TapMax, use_fused
 from idp_agents.planners.vin import DEFAULT_DISCOUNT, DEFAULT_KERNEL
 
@@ -170,7 +177,7 @@ class SymVINStep(BellmanStep):
                 ctx.tap_max = TapMax(ctx.reward, ctx.q_reward_filter, ctx.q_value_filter, self.l_q, self.topology)
             return ctx.tap_max(z)
         q = self.q_values(z, ctx)
-        return q.unflatten(1, (self.l_q, self.order)).amax(dim=1)
+        return channel_max(q.unflatten(1, (self.l_q, self.order))).squeeze(1)
 
     def head(self, z: Tensor, ctx: SymVINContext) -> Tensor:
         field = self.conv(self.q_values(z, ctx), ctx.policy_filter)

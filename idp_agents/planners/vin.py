@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from idp_agents.planners.base import (
     BellmanStep,
     bounded_value_filter,
+    channel_max,
     check_discount,
     check_odd_kernel,
     check_positive,
@@ -81,7 +82,7 @@ class VINStep(BellmanStep):
             if ctx.tap_max is None:
                 ctx.tap_max = TapMax(ctx.reward, self.q_reward, ctx.value_filter, self.l_q, self.topology)
             return ctx.tap_max(z)
-        return self.q_values(z, ctx).amax(dim=1, keepdim=True)
+        return channel_max(self.q_values(z, ctx))
 
     def transposed_jacobian(self, z: Tensor, ctx: VINContext) -> Callable[[Tensor], Tensor] | None:
         """w -> J^T w at z, J = d step / d v: each cell sends w times its argmax channel's value filter back.

@@ -40,8 +40,15 @@ from idp_agents.training import (
     imitation_loss,
     mapper_logits,
 )
-from idp_envs import resolve_env_id, views
-from idp_envs.datasets import generate_splits, load_dataset, save_dataset, task_tensors
+from idp_envs import resolve_env_id, size_kwargs, views
+from idp_envs.datasets import (
+    DatasetError,
+    check_dataset_fits_env,
+    generate_splits,
+    load_dataset,
+    save_dataset,
+    task_tensors,
+)
 from idp_envs.files import atomic_write
 from idp_envs.tasks import TaskBatch
 from rollouts.episodes import ReplayTasks
@@ -432,7 +439,7 @@ COMPARED_ON_RESUME = (
 
 
 def env_kwargs(config: RunConfig) -> dict:
-    return {"size": config.size} if config.size else {}
+    return size_kwargs(config.env, config.size)
 
 
 def load_or_generate_dataset(config: RunConfig) -> tuple[dict, dict]:
@@ -454,6 +461,12 @@ def load_or_generate_dataset(config: RunConfig) -> tuple[dict, dict]:
         raise ValueError(f"dataset {path} was made for {meta['env_id']}, not {config.env}")
     if meta.get("env_id") and meta.get("env_kwargs", {}) != env_kwargs(config):
         raise ValueError(f"dataset {path} was made with {meta.get('env_kwargs')}, not {env_kwargs(config)} (--size)")
+    env = gym.make(config.env, **env_kwargs(config))
+    check_dataset_fits_env(path, meta, env.unwrapped)
+    env.close()
+    empty = [name for name in ("train", "val", "test") if len(splits[name]) == 0]
+    if empty:
+        raise DatasetError(f"dataset {path} has no maps in its {', '.join(empty)} split; every split needs some")
     return splits, meta
 
 
@@ -693,6 +706,7 @@ def train_and_report(config: RunConfig) -> dict:
     test, test_map_accuracy = evaluate(planner, mapper, data["test"], config)
     report = {
         "env": config.env,
+        "env_kwargs": env_kwargs(config),
         "planner": config.planner,
         "best_epoch": best_state["epoch"] + 1,
         "test": {**test.as_dict(), "map_accuracy": test_map_accuracy},
@@ -748,7 +762,7 @@ def render_test_episode(planner, mapper, input_key, tasks: TaskBatch, config: Ru
 def print_report(report: dict) -> None:
     t = report["test"]
     rows = [
-        ("env", report["env"]),
+        ("env", report["env"] + "".join(f" ({k} {v})" for k, v in report.get("env_kwargs", {}).items())),
         ("planner", report["planner"]),
         ("best epoch", report["best_epoch"]),
         ("test %Success", f"{100 * t['success']:.1f}"),

@@ -1,7 +1,9 @@
 """Bad inputs get our own error type and a message that names the problem: corrupt, truncated, foreign and
 mis-shaped datasets and checkpoints, observations a policy cannot act on, and bad env, task and flag values."""
 
+import json
 import re
+import shutil
 import zipfile
 
 import numpy as np
@@ -9,9 +11,12 @@ import pytest
 import torch
 
 import idp_envs  # noqa: F401
+from idp_agents import imitate
 from idp_agents.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from idp_agents.planners import make_planner
 from idp_agents.policy import PlannerPolicy
+from idp_envs import datasets
+from idp_envs.datasets import DatasetError
 
 # ------------------------------------------------------------------------------------------------------ files
 
@@ -31,6 +36,163 @@ def flip_bytes(path, offset: int, n: int = 8) -> None:
     for i in range(offset, offset + n):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+# ---------------------------------------------------------------------------------------------------- datasets
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A valid 7x7 maze dataset (12/4/4 maps) of IDP/GridMaze-v0."""
+    splits, meta = datasets.generate_splits(
+        "IDP/GridMaze-v0", {"train": 12, "val": 4, "test": 4}, seed=0, env_kwargs={"size": 7}, progress=False
+    )
+    return datasets.save_dataset(tmp_path_factory.mktemp("data") / "good.npz", splits, meta)
+
+
+def rewrite(good, bad, change):
+    """Copy the dataset ``good`` to ``bad`` with ``change(arrays, metadata)`` applied to its arrays."""
+    with np.load(good) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(str(arrays["metadata"]))
+    replaced = change(arrays, meta)
+    arrays["metadata"] = np.array(json.dumps(meta if replaced is None else replaced))
+    np.savez_compressed(bad, **arrays)
+
+
+def corrupt_member(good, bad):
+    shutil.copy(good, bad)
+    start, size = member_data_offset(bad, "train/distances.npy")
+    flip_bytes(bad, start + size // 2)
+
+
+def set_array(key, value):
+    def change(arrays, meta):
+        arrays[key] = value(arrays[key])
+
+    return change
+
+
+def goal_inside_obstacle(arrays, meta):
+    arrays["train/goal"][0] = [0, 0]  # the maze border is solid
+
+
+def make_bad_dataset(kind: str, good, bad):
+    """Write the bad dataset ``kind`` at ``bad`` (or return another path); returns the path to load."""
+    if kind == "truncated":
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "corrupt member":
+        corrupt_member(good, bad)
+    elif kind == "single .npy":
+        bad = bad.with_suffix(".npy")
+        np.save(bad, np.zeros((3, 7, 7)))
+    elif kind == "text":
+        bad.write_text("occupancy,goal\n")
+    elif kind == "foreign npz":
+        np.savez(bad, a=np.zeros(3))
+    elif kind == "directory":
+        bad.mkdir()
+    elif kind == "pickle":
+        np.save(bad.with_suffix(".npy"), np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        bad = bad.with_suffix(".npy")
+    else:
+        rewrite(good, bad, BAD_CONTENT[kind][0])
+    return bad
+
+
+BAD_CONTENT = {
+    "format version": (lambda a, m: m.update(format_version=99), "format version 99"),
+    "metadata not an object": (lambda a, m: [m], "not a JSON object"),
+    "missing array": (lambda a, m: a.__delitem__("val/start"), "truncated, corrupt or not"),
+    "distances of another shape": (set_array("train/distances", lambda x: x[:, :5]), "distances must have shape"),
+    "float occupancy": (set_array("test/occupancy", lambda x: x.astype(np.float32)), "integer or bool dtype"),
+    "occupancy of 2s": (set_array("val/occupancy", lambda x: x * 2), "0 (free) or 1"),
+    "goal off the map": (set_array("train/goal", lambda x: x + 7), "outside the 7x7 map"),
+    "negative start": (set_array("train/start", lambda x: -x), "outside the 7x7 map"),
+    "goal in an obstacle": (goal_inside_obstacle, "inside an obstacle"),
+    "float goal": (set_array("train/goal", lambda x: x.astype(np.float64)), "integer cells"),
+    "actions not bool": (set_array("train/optimal_actions", lambda x: x.astype(np.uint8)), "must be bool"),
+    "labels for another goal": (set_array("train/distances", lambda x: x + 1), "not 0 at its goal"),
+    "lengths differ": (set_array("train/start", lambda x: x[:3]), "different lengths"),
+    "metadata shape": (lambda a, m: m.update(shape=[9, 9]), "metadata says"),
+    "unknown topology": (lambda a, m: m.update(topology="sphere"), "topology must be one of"),
+}
+BAD_DATASETS = {
+    "truncated": "truncated",
+    "corrupt member": "corrupt",
+    "single .npy": "single array (.npy)",
+    "pickle": "truncated or not",
+    "text": "truncated",
+    "foreign npz": "not an IDP dataset",
+    "directory": "is a directory",
+    **{kind: message for kind, (_, message) in BAD_CONTENT.items()},
+}
+
+
+@pytest.mark.parametrize("kind, message", list(BAD_DATASETS.items()), ids=list(BAD_DATASETS))
+def test_bad_dataset_is_a_dataset_error_naming_the_problem(dataset, tmp_path, kind, message):
+    bad = make_bad_dataset(kind, dataset, tmp_path / "bad.npz")
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        datasets.load_dataset(bad)
+
+
+@pytest.mark.parametrize("kind", ["corrupt member", "single .npy", "labels for another goal"])
+def test_bad_dataset_given_to_imitate_is_one_error_line(dataset, tmp_path, kind):
+    bad = make_bad_dataset(kind, dataset, tmp_path / "bad.npz")
+    message = imitate_error(tmp_path, "--env", "GridMaze-v0", "--size", "7", "--data", str(bad))
+    assert message.startswith(f"error: {bad}")
+
+
+@pytest.mark.parametrize("kind, message", [("corrupt member", "corrupt"), ("single .npy", "single array")])
+def test_bad_gppn_file_is_a_dataset_error(tmp_path, kind, message):
+    arrays = []
+    for n in (6, 2, 2):  # one empty 7x7 room per map, goal at (1, 1), no policy labels
+        maze = np.zeros((n, 7, 7), dtype=np.float32)
+        maze[:, 1:-1, 1:-1] = 1
+        goal = np.zeros((n, 1, 7, 7), dtype=np.float32)
+        goal[:, 0, 1, 1] = 1
+        arrays += [maze, goal, np.zeros((n, 4, 1, 7, 7), dtype=np.float32)]
+    good = tmp_path / "gppn.npz"
+    np.savez_compressed(good, *arrays)
+    with pytest.warns(UserWarning, match="also appear"):  # the good file imports (its mazes are all alike)
+        datasets.import_gppn(good)
+    if kind == "corrupt member":
+        bad = tmp_path / "bad.npz"
+        shutil.copy(good, bad)
+        start, size = member_data_offset(bad, "arr_0.npy")
+        flip_bytes(bad, start + size // 2)
+    else:
+        bad = tmp_path / "bad.npy"
+        np.save(bad, arrays[0])
+    with pytest.raises(DatasetError, match=message):
+        datasets.import_gppn(bad)
+
+
+def imitate_error(tmp_path, *args) -> str:
+    with pytest.raises(SystemExit) as exc:
+        imitate.main([*args, "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "data"), "--no-progress"])
+    message = str(exc.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def test_empty_training_split_is_refused(dataset, tmp_path):
+    bad = tmp_path / "t0.npz"
+    splits, meta = datasets.load_dataset(dataset)
+    splits["train"] = splits["train"].subset(slice(0, 0))
+    datasets.save_dataset(bad, splits, meta)
+    message = imitate_error(tmp_path, "--env", "GridMaze-v0", "--size", "7", "--data", str(bad))
+    assert "no maps in its train split" in message
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_dataset_of_another_topology_or_size_is_refused(dataset, tmp_path):
+    imported = tmp_path / "imported.npz"  # as from --from-gppn: no env id to compare, only maps
+    rewrite(dataset, imported, lambda a, m: m.update(env_id=None, env_kwargs={}))
+    message = imitate_error(tmp_path, "--env", "Arm2DOF-CSpace-18", "--data", str(imported))
+    assert "plane maps" in message and "torus" in message
+    message = imitate_error(tmp_path, "--env", "GridMaze-15", "--data", str(imported))
+    assert "7x7 maps" in message and "15x15" in message
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints

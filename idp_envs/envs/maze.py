@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from idp_envs.envs.base import GridPlanningEnv
-from idp_envs.tasks import TaskBatch, sample_maze_tasks
+from idp_envs.tasks import PEAK_BYTES_PER_CELL, TaskBatch, check_memory, sample_maze_tasks
 
 
 class GridMazeEnv(GridPlanningEnv):
@@ -15,6 +15,7 @@ class GridMazeEnv(GridPlanningEnv):
         if not isinstance(size, (int, np.integer)) or size < 5 or size % 2 == 0:
             raise ValueError(f"maze size must be an odd integer >= 5, got {size!r}")
         self.size = int(size)
+        check_memory(1, (self.size, self.size), PEAK_BYTES_PER_CELL, f"a GridMaze of size {self.size}")
         super().__init__((self.size, self.size), "plane", render_mode, max_steps)
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> TaskBatch:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
 import random
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -246,9 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: not a device this library trains on; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: Apple's MPS is not available on this machine; use cpu")
     return device
 
 
@@ -579,6 +591,32 @@ def probe_spectral_radius(planner, data: dict) -> dict[str, float]:
     return {"spectral_radius_mean": float(radius.mean()), "spectral_radius_max": float(radius.max())}
 
 
+def prepare_out_dir(out: Path) -> None:
+    """Create ``--out`` and check that files can be written in it, before any data is made or any epoch trained."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory for the run's checkpoints and reports")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / ".write-test") as f:
+            f.write(b"ok")
+        (out / ".write-test").unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {out} is not writable ({exc.strerror or exc}); choose another --out") from exc
+
+
+def check_free_space(out: Path, modules: list[torch.nn.Module]) -> None:
+    """Refuse to train when ``--out``'s disk cannot hold the run's files: best.pt and last.pt (weights and RMSprop
+    state), the temporary copy an atomic write makes, and a margin for logs and the report."""
+    params = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    needed = 3 * (2 * params + 2**20) + 16 * 2**20
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise ValueError(
+            f"--out {out}: {free / 2**20:.0f} MiB free on its disk, the run writes about {needed / 2**20:.0f} MiB; "
+            "free some space or choose another --out"
+        )
+
+
 def run(config: RunConfig) -> dict:
     """Train, validate every epoch, keep the best and the last checkpoint, and return the test report.
 
@@ -601,7 +639,8 @@ def train_and_report(config: RunConfig) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        prepare_out_dir(out)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
@@ -627,8 +666,16 @@ def train_and_report(config: RunConfig) -> dict:
         "run": asdict(config),
     }
     phases = epoch_phases(config, mapper is not None)
+    if not phases and not config.resume:
+        raise ValueError(
+            "no epochs to train (--epochs 0), so this run has no checkpoint to test; to test a trained run again "
+            "pass --resume with its settings, or load its best.pt with PlannerPolicy.load"
+        )
+    if is_main:
+        check_free_space(out, [m for m in (planner, mapper) if m is not None])
     history: list[dict] = []
     start_epoch, best = 0, -1.0
+    best_is_this_runs = config.resume  # a fresh run never tests a best.pt that an earlier run left in --out
     last_path, best_path = out / "last.pt", out / "best.pt"
     if config.resume:
         if not last_path.exists():
@@ -679,6 +726,7 @@ def train_and_report(config: RunConfig) -> dict:
             continue
         if improved:
             save_checkpoint(best_path, checkpoint)
+            best_is_this_runs = True
         save_checkpoint(last_path, checkpoint)
         write_metrics_csv(out / "metrics.csv", history)
         if writer is not None:
@@ -693,8 +741,8 @@ def train_and_report(config: RunConfig) -> dict:
     if writer is not None:
         writer.close()
     barrier()  # the other ranks wait for rank 0's checkpoints
-    if not best_path.exists():
-        raise RuntimeError(f"no epoch finished, so there is no checkpoint to test (epochs={config.epochs})")
+    if not best_path.exists() or (is_main and not best_is_this_runs):
+        raise ValueError(f"no epoch finished, so there is no checkpoint to test (epochs={config.epochs})")
     if not is_main:
         barrier()  # and for its test report
         return json.loads((out / "test_report.json").read_text())
@@ -803,6 +851,29 @@ def main(argv: list[str] | None = None) -> dict:
         return run(config)
     except (ValueError, FileNotFoundError, MemoryBudgetExceeded) as exc:
         raise SystemExit(f"error: {exc}") from exc
+    except OSError as exc:
+        raise SystemExit(f"error: {os_error_message(exc)}") from exc
+    except KeyboardInterrupt:
+        print(f"error: {interrupted_message(config)}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a failed read or write, and what to do; checkpoints and datasets are written atomically, so
+    what was saved before is whole."""
+    where = f" {exc.filename}" if exc.filename else ""
+    what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return (
+        f"could not write or read{where}: {what}. Files saved before are whole (written atomically); fix that, "
+        "then rerun the command with --resume to continue after the last finished epoch"
+    )
+
+
+def interrupted_message(config: RunConfig) -> str:
+    last = Path(config.out) / "last.pt"
+    if last.is_file():
+        return f"interrupted; {last} holds the last finished epoch: rerun the same command with --resume to continue"
+    return "interrupted before the first epoch finished; nothing to resume: rerun the command to start again"
 
 
 if __name__ == "__main__":

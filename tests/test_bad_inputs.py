@@ -317,3 +317,50 @@ def test_policy_refuses_observations_it_cannot_act_on(policy_and_obs, kind, case
     bad, message = case
     with pytest.raises(ValueError, match=re.escape(message)):
         policy.predict(bad(obs))
+
+
+# ------------------------------------------------------------------------------------------ env and flag values
+
+TINY = ["--env", "GridMaze-v0", "--size", "7", "--planner", "vin", "--l-h", "4", "--l-q", "4", "--k", "3"]
+TINY += ["--train", "8", "--val", "4", "--test", "4", "--threads", "1", "--no-gif"]
+
+BAD_FLAGS = {
+    "fixed-size id with --size": (["--env", "GridMaze-15", "--size", "9"], "use IDP/GridMaze-v0 with size 9"),
+    "--size for an id without one": (["--env", "Arm2DOF-CSpace-18", "--size", "9"], "takes no size"),
+    "maze size over memory": (["--env", "GridMaze-v0", "--size", "99999"], "GiB of memory"),
+    "even maze size": (["--env", "GridMaze-v0", "--size", "8"], "odd integer"),
+    "--device tpu": (["--device", "tpu"], "--device tpu: not a device"),
+    "--device mps": (["--device", "mps"], "MPS is not available"),
+    "--device cuda:7": (["--device", "cuda:7"], "cuda:7"),
+    "--epochs 0": ([*TINY, "--epochs", "0"], "no epochs to train"),
+    "--batch-size 0": (["--batch-size", "0"], "at least 1"),
+    "--lr -1": (["--lr", "-1"], "must be positive"),
+    "--resume without a run": (["--resume", "--train", "8", "--val", "4", "--test", "4"], "no checkpoint at"),
+}
+
+
+@pytest.mark.parametrize("kind, case", list(BAD_FLAGS.items()), ids=list(BAD_FLAGS))
+def test_bad_flags_are_one_error_line(tmp_path, kind, case):
+    if kind == "--device mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    if kind == "--device cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    args, message = case
+    assert message in imitate_error(tmp_path, *args)
+
+
+def test_out_that_is_a_file_or_unwritable_is_refused_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="--out .* is a file"):
+        imitate.main([*TINY, "--out", str(tmp_path / "file"), "--cache-dir", str(tmp_path / "data")])
+    with pytest.raises(SystemExit, match="is not writable"):
+        imitate.main([*TINY, "--out", str(tmp_path / "file" / "run"), "--cache-dir", str(tmp_path / "data")])
+    assert not (tmp_path / "data").exists()  # refused before the dataset was made
+
+
+def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
+    real = shutil.disk_usage
+    monkeypatch.setattr(imitate.shutil, "disk_usage", lambda p: real(p)._replace(free=2**20))
+    with pytest.raises(SystemExit, match="MiB free on its disk"):
+        imitate.main([*TINY, "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "data"), "--no-progress"])
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -111,7 +111,7 @@ def test_policy_predicts_single_and_batched_observations(trained):
         policy.predict({"occupancy": obs["occupancy"], "goal": obs["goal"][:3], "position": obs["position"]})
 
 
-def test_resume_continues_after_an_interrupted_epoch(tmp_path, monkeypatch):
+def test_resume_continues_after_an_interrupted_epoch(tmp_path, monkeypatch, capsys):
     run(tmp_path, "--train", "64", "--epochs", "1")
     first = load_checkpoint(tmp_path / "run" / "last.pt")
     assert first["epoch"] == 0
@@ -126,8 +126,9 @@ def test_resume_continues_after_an_interrupted_epoch(tmp_path, monkeypatch):
         return original(*args)
 
     monkeypatch.setattr(imitate, "imitation_loss", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as exc:  # Ctrl-C: exit status 130 and a line saying how to continue
         run(tmp_path, "--train", "64", "--epochs", "2", "--resume")
+    assert exc.value.code == 130 and "rerun the same command with --resume" in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0  # the finished epoch is kept
     monkeypatch.setattr(imitate, "imitation_loss", original)
     report = run(tmp_path, "--train", "64", "--epochs", "2", "--resume")
@@ -165,6 +166,35 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
     assert straight["test"] == resumed["test"]
+
+
+def test_epochs_0_in_the_folder_of_an_earlier_run_tests_nothing_and_keeps_its_report(tmp_path):
+    run(tmp_path, "--train", "32", "--epochs", "1")
+    report = (tmp_path / "run" / "test_report.json").read_bytes()
+    with pytest.raises(SystemExit, match="no epochs to train"):
+        run(tmp_path, "--train", "32", "--epochs", "0", "--seed", "5", "--lr", "0.1")
+    vin = ["--env", "GridMaze-v0", "--size", "9", "--planner", "vin", "--l-h", "4", "--l-q", "4", "--epochs", "0"]
+    with pytest.raises(SystemExit, match="no epochs to train"):  # another planner: no state_dict traceback either
+        imitate.main([*vin, "--train", "32", "--cache-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    assert (tmp_path / "run" / "test_report.json").read_bytes() == report
+    again = run(tmp_path, "--train", "32", "--epochs", "1", "--resume")  # testing it again is --resume
+    assert json.loads(report)["test"] == again["test"]
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    run(tmp_path, "--train", "32", "--epochs", "1")
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+
+    def disk_full(path, payload):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(imitate, "save_checkpoint", disk_full)
+    with pytest.raises(SystemExit, match="disk is full.*--resume") as exc:
+        run(tmp_path, "--train", "32", "--epochs", "2", "--resume")
+    assert "\n" not in str(exc.value.code)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
 
 
 def test_resume_refuses_other_settings(tmp_path):

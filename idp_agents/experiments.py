@@ -111,26 +111,46 @@ def _check_keys(where: str, given: dict, valid: set) -> None:
         raise ValueError(f"{where}: unknown keys {unknown}; valid: {sorted(valid)}")
 
 
+def _check_mappings(where: str, raw: dict) -> None:
+    for key in ("common", "planner_settings", "generalisation"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise ValueError(f"{where}: {key} must be a mapping, got {raw[key]!r}")
+
+
 def load_sweep(path: str | os.PathLike, small: bool = False, out: str | None = None) -> Sweep:
     """Read a sweep config; ``small`` overlays its ``small:`` section (``common`` merged key by key, the rest
     replaced). Every key is checked here, so a typo fails before the first run starts."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text())
+    if not path.is_file():
+        raise FileNotFoundError(f"no sweep config at {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path} is not valid YAML{line}: {problem}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a text file, so not a sweep config") from exc
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a sweep config is a YAML mapping")
     small_part = raw.pop("small", None)
     _check_keys(str(path), raw, SWEEP_KEYS)
+    _check_mappings(str(path), raw)
     if small:
         if not isinstance(small_part, dict):
             raise ValueError(f"{path} has no small: section for --small")
         _check_keys(f"{path} small:", small_part, SWEEP_KEYS - {"name"})
-        common = {**raw.get("common", {}), **small_part.get("common", {})}
+        _check_mappings(f"{path} small:", small_part)
+        common = {**(raw.get("common") or {}), **(small_part.get("common") or {})}
         raw = {**raw, **small_part, "common": common}
     for key in ("tasks", "planners", "k", "seeds"):
-        if not raw.get(key):
-            raise ValueError(f"{path}: {key} must be a non-empty list")
+        if not raw.get(key) or not isinstance(raw[key], list):
+            raise ValueError(f"{path}: {key} must be a non-empty list, got {raw.get(key)!r}")
     name = raw.get("name", path.stem)
     tasks = raw["tasks"]
+    if not all(isinstance(t, dict) for t in tasks):
+        raise ValueError(f"{path}: every task is a mapping with a name and an env, got {tasks!r}")
     names = [t.get("name") for t in tasks]
     if None in names or len(set(names)) != len(names):
         raise ValueError(f"{path}: every task needs a unique name, got {names}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import idp_envs  # noqa: F401
-from idp_agents import imitate
+from idp_agents import experiments, imitate
 from idp_agents.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from idp_agents.planners import make_planner
 from idp_agents.policy import PlannerPolicy
@@ -364,3 +364,21 @@ def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="MiB free on its disk"):
         imitate.main([*TINY, "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "data"), "--no-progress"])
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("tasks: [\n  - {name: a\n", "not valid YAML at line"),
+        ("- just\n- a list\n", "YAML mapping"),
+        ("tasks: maze\nplanners: [vin]\nk: [3]\nseeds: [0]\n", "tasks must be a non-empty list"),
+        ("tasks: [maze15]\nplanners: [vin]\nk: [3]\nseeds: [0]\n", "every task is a mapping"),
+        ("tasks: [{name: a, env: GridMaze-15}]\nplanners: [vin]\nk: [3]\nseeds: [0]\ncommon: 3\n", "common must be"),
+    ],
+)
+def test_malformed_sweep_config_is_one_error_line(tmp_path, text, message):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(text)
+    with pytest.raises(SystemExit, match=message) as exc:
+        experiments.main(["run", str(config), "--out", str(tmp_path / "sweep")])
+    assert str(exc.value.code).startswith("error: ") and "\n" not in str(exc.value.code)

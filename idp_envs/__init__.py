@@ -56,7 +56,7 @@ def size_kwargs(env_id: str, size: int | None) -> dict:
     if fixed is not None:
         base = env_id.rsplit("-", 2)[0] + "-v0"
         hint = f"; for {size}x{size} maps use {base} with size {size}" if base in registry else ""
-        raise ValueError(f"{env_id} has size {fixed}, so a size of {size} would mislabel the run{hint}")
+        raise ValueError(f"{env_id} has size {fixed}, so a size of {size} would mislabel its maps{hint}")
     creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
     if "size" not in inspect.signature(creator).parameters:
         sized = [i for i in registered_ids() if "size" not in registry[i].kwargs and i.endswith("Maze-v0")]

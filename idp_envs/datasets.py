@@ -15,6 +15,7 @@ the ``views`` extra.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import warnings
@@ -322,6 +323,7 @@ def torch_dataset(batch: TaskBatch):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m idp_envs.datasets", description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="IDP/GridMaze-15-v0", help="registered environment id")
+    parser.add_argument("--size", type=int, help="map size, for ids that take one (IDP/GridMaze-v0, IDP/VisualMaze-v0)")
     parser.add_argument("--train", type=int, default=10000)
     parser.add_argument("--val", type=int, default=2000)
     parser.add_argument("--test", type=int, default=2000)
@@ -336,16 +338,24 @@ def main(argv: list[str] | None = None) -> None:
         run_command(args)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from exc
+    except OSError as exc:
+        what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise SystemExit(
+            f"error: could not write {exc.filename or args.out}: {what}; nothing partial was left"
+        ) from exc
 
 
 def run_command(args: argparse.Namespace) -> None:
-    from idp_envs import resolve_env_id, views
+    from idp_envs import resolve_env_id, size_kwargs, views
 
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a directory; give the dataset's file name, e.g. {args.out}/maze.npz")
     if args.from_gppn:
         splits, meta = import_gppn(args.from_gppn, seed=args.seed)
     else:
         env_id = resolve_env_id(args.env)
-        splits, meta = generate_splits(env_id, {"train": args.train, "val": args.val, "test": args.test}, args.seed)
+        counts = {"train": args.train, "val": args.val, "test": args.test}
+        splits, meta = generate_splits(env_id, counts, args.seed, size_kwargs(env_id, args.size))
     path = save_dataset(args.out, splits, meta)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     print(f"wrote {path} ({sizes}; {path.stat().st_size / 1e6:.1f} MB)")

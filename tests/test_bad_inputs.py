@@ -1,6 +1,7 @@
 """Bad inputs get our own error type and a message that names the problem: corrupt, truncated, foreign and
 mis-shaped datasets and checkpoints, observations a policy cannot act on, and bad env, task and flag values."""
 
+import errno
 import json
 import re
 import shutil
@@ -382,3 +383,23 @@ def test_malformed_sweep_config_is_one_error_line(tmp_path, text, message):
     with pytest.raises(SystemExit, match=message) as exc:
         experiments.main(["run", str(config), "--out", str(tmp_path / "sweep")])
     assert str(exc.value.code).startswith("error: ") and "\n" not in str(exc.value.code)
+
+
+def test_datasets_command_line_errors_are_one_line(tmp_path, monkeypatch):
+    def error(*args) -> str:
+        with pytest.raises(SystemExit) as exc:
+            datasets.main(["--train", "4", "--val", "2", "--test", "2", *args])
+        message = str(exc.value.code)
+        assert message.startswith("error: ") and "\n" not in message, message
+        return message
+
+    assert "is a directory; give the dataset's file name" in error("--out", str(tmp_path))
+    assert "has size 15" in error("--env", "GridMaze-15", "--size", "9", "--out", str(tmp_path / "d.npz"))
+    assert "takes no size" in error("--env", "Arm2DOF-CSpace-18", "--size", "9", "--out", str(tmp_path / "d.npz"))
+
+    def disk_full(file, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    assert "the disk is full" in error("--env", "GridMaze-v0", "--size", "7", "--out", str(tmp_path / "d.npz"))
+    assert list(tmp_path.iterdir()) == []  # no partial file

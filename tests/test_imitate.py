@@ -240,3 +240,21 @@ def test_checkpoint_records_every_resolved_setting_and_old_checkpoints_keep_thei
     assert legacy_planner_kwargs(config) == kwargs
     old = {"planner": "id-vin", "planner_kwargs": {"k_fwd": 30, "l_h": 8}}  # written before bounded value filters
     assert legacy_planner_kwargs(old) == {"kernel": 3, "discount": None, "k_fwd": 30, "l_h": 8}
+
+
+def test_readme_sb3_snippet_runs_as_written(trained):
+    """The README's evaluate_policy snippet, on the trained checkpoint: floats back, and no Monitor warning."""
+    import re
+    import warnings
+    from pathlib import Path
+
+    tmp_path, _ = trained
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "evaluate_policy" in b)
+    code = block.replace("runs/latest/best.pt", str(tmp_path / "run" / "best.pt"))
+    namespace: dict = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(code.replace("n_eval_episodes=50", "n_eval_episodes=4"), "README.md", "exec"), namespace)
+    assert not [w for w in caught if "Monitor" in str(w.message)]
+    assert isinstance(namespace["mean_reward"], float) and isinstance(namespace["std_reward"], float)

@@ -18,6 +18,7 @@ import argparse
 import errno
 import json
 import os
+import sys
 import warnings
 import zipfile
 import zlib
@@ -338,6 +339,13 @@ def main(argv: list[str] | None = None) -> None:
         run_command(args)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from exc
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted; no partial dataset file was written (a view store keeps what it rendered): rerun the "
+            "command to make it",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
     except OSError as exc:
         what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise SystemExit(

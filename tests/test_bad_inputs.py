@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -403,3 +404,27 @@ def test_datasets_command_line_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "savez_compressed", disk_full)
     assert "the disk is full" in error("--env", "GridMaze-v0", "--size", "7", "--out", str(tmp_path / "d.npz"))
     assert list(tmp_path.iterdir()) == []  # no partial file
+
+
+def test_ctrl_c_in_the_commands_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets, "generate_splits", interrupt)
+    with pytest.raises(SystemExit) as exc:
+        datasets.main(["--out", str(tmp_path / "d.npz")])
+    assert exc.value.code == 130 and "rerun the command" in capsys.readouterr().err
+    assert not (tmp_path / "d.npz").exists()
+
+    monkeypatch.setattr(experiments, "run_sweep", interrupt)
+    with pytest.raises(SystemExit) as exc:
+        experiments.main(
+            [
+                "run",
+                str(Path(__file__).parents[1] / "experiments" / "nav2d.yaml"),
+                "--small",
+                "--out",
+                str(tmp_path / "sweep"),
+            ]
+        )
+    assert exc.value.code == 130 and "rerun the same command to continue" in capsys.readouterr().err

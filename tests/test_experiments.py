@@ -172,3 +172,13 @@ def test_ddp_with_two_gloo_processes_trains(tmp_path):
     assert [int(h["epoch"]) for h in history] == [1, 2, 3]
     assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])
     assert result.stdout.count("epoch 3/3:") == 1  # only rank 0 logs
+
+
+def test_report_of_an_empty_small_sweep_describes_the_small_runs_without_warnings(tmp_path):
+    import warnings
+
+    sweep = experiments.load_sweep(ROOT / "experiments" / "nav2d.yaml", small=True, out=str(tmp_path / "sweep"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels found to put in legend"
+        summary = experiments.write_report(sweep, timing=False, device="cpu").read_text()
+    assert "small form (--small)" in summary and "maze7 (GridMaze-v0 size 7)" in summary

@@ -342,6 +342,7 @@ def held_bytes(modules: list[torch.nn.Module], data: dict) -> int:
 def training_step_peak_bytes(planner, mapper, train: dict, config: RunConfig) -> int:
     """Peak bytes allocated above the starting level by one training step (forward + backward) on the first batch,
     from torch.profiler's CPU memory events; end to end through the mapper when there is one."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # else the profiler writes 'USDT: profiler_start' lines to stderr
     idx = torch.arange(min(config.batch_size, len(train["maps"])))
     optimal, true_maps = train["optimal_actions"][idx], train["maps"][idx]
     with (

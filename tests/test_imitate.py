@@ -258,3 +258,17 @@ def test_readme_sb3_snippet_runs_as_written(trained):
         exec(compile(code.replace("n_eval_episodes=50", "n_eval_episodes=4"), "README.md", "exec"), namespace)
     assert not [w for w in caught if "Monitor" in str(w.message)]
     assert isinstance(namespace["mean_reward"], float) and isinstance(namespace["std_reward"], float)
+
+
+def test_a_run_log_holds_no_profiler_lines(tmp_path):
+    """--memory-budget-gb measures a step under torch.profiler, whose native logger wrote lines to every log."""
+    import subprocess
+    import sys
+
+    args = "--env GridMaze-v0 --size 7 --planner vin --l-h 4 --l-q 4 --k 3 --train 8 --val 4 --test 4 --epochs 1"
+    args += f" --threads 1 --no-progress --no-gif --memory-budget-gb 2 --out {tmp_path / 'run'}"
+    args += f" --cache-dir {tmp_path / 'data'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "idp_agents.imitate", *args.split()], capture_output=True, text=True, check=True
+    )
+    assert "profiler" not in done.stdout + done.stderr and "test %Success" in done.stdout

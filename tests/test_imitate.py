@@ -11,9 +11,11 @@ import idp_envs  # noqa: F401
 from idp_agents import imitate
 from idp_agents.checkpoints import CheckpointError, load_checkpoint
 from idp_agents.policy import PlannerPolicy
+from idp_envs import render
 from idp_envs.datasets import load_dataset, task_tensors
 from rollouts.episodes import ReplayTasks
 from rollouts.metrics import hitting_times, policy_metrics
+from rollouts.video import FOOTER, HEADER, showcase_order
 
 SMALL = "--env GridMaze-v0 --size 9 --planner id-convgppn --hidden 16 --k 20 --k-bwd 10 --val 30 --test 40".split()
 SMALL += ["--no-progress", "--threads", "1"]
@@ -48,8 +50,15 @@ def test_training_beats_a_random_policy_by_far(trained):
     assert saved["test"] == report["test"] and "reachable" in saved["denominator"]
     from PIL import Image
 
-    with Image.open(tmp_path / "run" / "rollout.gif") as gif:  # the first test task, played by the trained policy
-        assert gif.n_frames >= 2
+    splits, _ = load_dataset(report["dataset"])
+    test = splits["test"]
+    lengths = test.distances[np.arange(len(test)), test.start[:, 0], test.start[:, 1]]
+    shortest_shown = lengths[showcase_order(test)[:64]].min()  # one of the 64 tasks with the longest detours
+    with Image.open(tmp_path / "run" / "rollout.gif") as gif:
+        map_pixels = 9 * render.default_cell_pixels((9, 9))
+        assert gif.n_frames >= shortest_shown + 1 and gif.height == HEADER + map_pixels + FOOTER  # title and key
+        gif.seek(gif.n_frames - 1)
+        assert gif.info["duration"] == 200 + 2000  # 5 frames a second, the end held 2 s
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,phase,train_loss") and len(lines) == 4
 

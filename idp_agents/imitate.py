@@ -54,9 +54,8 @@ from idp_envs.datasets import (
 )
 from idp_envs.files import atomic_write
 from idp_envs.tasks import TaskBatch
-from rollouts.episodes import ReplayTasks
-from rollouts.metrics import PlanningMetrics, hitting_times
-from rollouts.video import caption_frames, detours, record_episode, save_gif, showcase_order
+from rollouts.metrics import PlanningMetrics
+from rollouts.video import showcase_gif
 
 STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group", "discount", "contraction")
 UNBOUNDED_WHEN_ZERO = ("discount", "contraction")
@@ -800,35 +799,14 @@ def fixed_point_line(row: dict) -> str:
 
 
 def render_test_episode(
-    planner, mapper, input_key, tasks: TaskBatch, config: RunConfig, path: Path, success: float, tries: int = 64
+    planner, mapper, input_key, tasks: TaskBatch, config: RunConfig, path: Path, success: float
 ) -> Path:
-    """Save a captioned GIF (planner, env, test %Success; a key to the value shading under the path) of the
-    trained policy on a test task where planning matters: the first it solves of the ``tries`` tasks whose shortest
-    path makes the longest detour around walls (`showcase_order`), or the first when it solves none of them; 5
-    frames a second, the last held 2 s."""
+    """A captioned GIF of the trained policy on a test task where planning matters (`rollouts.video.showcase_gif`)."""
     policy = PlannerPolicy(planner, next(planner.parameters()).device, mapper, input_key)
-    candidates = showcase_order(tasks)[:tries]
-    with gym.make(config.env, **env_kwargs(config)) as env:  # the argmax policy from each start, all at once
-        replay = ReplayTasks(env, tasks.subset(candidates))
-        observations = [replay.reset()[0] for _ in candidates]
-        max_steps = env.unwrapped.max_steps
-    actions = torch.from_numpy(policy.plan({k: np.stack([o[k] for o in observations]) for k in observations[0]}))
-    sub = tasks.subset(candidates)
-    times = hitting_times(
-        actions.argmax(1), torch.from_numpy(sub.occupancy), torch.from_numpy(sub.goal), sub.topology, max_steps
-    )
-    solved = (times[torch.arange(len(sub)), sub.start[:, 0], sub.start[:, 1]] >= 0).numpy()
-    rank = int(np.argmax(solved)) if solved.any() else 0
-    i = int(candidates[rank])
-    with gym.make(config.env, render_mode="rgb_array", **env_kwargs(config)) as env:
-        frames = record_episode(
-            ReplayTasks(env, tasks.subset([i])), policy, overlay=lambda obs: (policy.value_map(obs), None)
-        )
-    shortest = int(tasks.distances[i, tasks.start[i, 0], tasks.start[i, 1]])
-    note = f"test task {i}, shortest path {shortest} (+{int(detours(tasks)[i])} around walls)"
-    note += f"; fails {rank} with longer detours" if rank else ""
     title = f"{config.planner} on {config.env.removeprefix('IDP/')}: test %Success {100 * success:.1f}"
-    return save_gif(caption_frames(frames, title, bool(solved[rank]), note), path, fps=5, hold_last_s=2.0)
+    return showcase_gif(
+        lambda **kwargs: gym.make(config.env, **env_kwargs(config), **kwargs), policy, tasks, title, path
+    )
 
 
 def print_report(report: dict) -> None:

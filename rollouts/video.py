@@ -6,10 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from idp_envs import render
 from idp_envs.files import atomic_write
 from idp_envs.tasks import TaskBatch
+from rollouts.episodes import ReplayTasks
+from rollouts.metrics import hitting_times
 
 
 def record_episode(env, policy, seed: int | None = None, overlay: Callable | None = None, options=None) -> list:
@@ -110,3 +113,30 @@ def caption_frames(frames: list[np.ndarray], title: str, reached: bool, note: st
             x += 62
         out.append(np.asarray(canvas))
     return out
+
+
+def showcase_gif(make_env, policy, tasks: TaskBatch, title: str, path: str | Path, tries: int = 64) -> Path:
+    """Save a captioned GIF (`caption_frames`) of ``policy`` (a `PlannerPolicy`: ``plan``, ``predict``,
+    ``value_map``) on a task where planning matters: the first it solves of the ``tries`` first tasks of
+    `showcase_order`, or the first when it solves none of them; 5 frames a second, the last held 2 s.
+    ``make_env(**kwargs)`` makes the tasks' environment (``render_mode`` is passed for the recorded episode)."""
+    candidates = showcase_order(tasks)[:tries]
+    sub = tasks.subset(candidates)
+    with make_env() as env:  # the argmax policy from each start, all tasks at once
+        replay = ReplayTasks(env, sub)
+        observations = [replay.reset()[0] for _ in candidates]
+        max_steps = env.unwrapped.max_steps
+    logits = policy.plan({k: np.stack([o[k] for o in observations]) for k in observations[0]})
+    occupancy, goal = torch.from_numpy(sub.occupancy), torch.from_numpy(sub.goal)
+    times = hitting_times(torch.from_numpy(logits.argmax(1)), occupancy, goal, sub.topology, max_steps)
+    solved = (times[torch.arange(len(sub)), sub.start[:, 0], sub.start[:, 1]] >= 0).numpy()
+    rank = int(np.argmax(solved)) if solved.any() else 0
+    i = int(candidates[rank])
+    with make_env(render_mode="rgb_array") as env:
+        frames = record_episode(
+            ReplayTasks(env, tasks.subset([i])), policy, overlay=lambda obs: (policy.value_map(obs), None)
+        )
+    shortest = int(tasks.distances[i, tasks.start[i, 0], tasks.start[i, 1]])
+    note = f"test task {i}, shortest path {shortest} (+{int(detours(tasks)[i])} around walls)"
+    note += f"; fails {rank} with longer detours" if rank else ""
+    return save_gif(caption_frames(frames, title, bool(solved[rank]), note), path, fps=5, hold_last_s=2.0)

@@ -854,28 +854,23 @@ def main(argv: list[str] | None = None) -> dict:
     except (ValueError, FileNotFoundError, MemoryBudgetExceeded) as exc:
         raise SystemExit(f"error: {exc}") from exc
     except OSError as exc:
-        raise SystemExit(f"error: {os_error_message(exc)}") from exc
+        where = f" {exc.filename}" if exc.filename else ""
+        what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise SystemExit(
+            f"error: could not write or read{where}: {what}. Files saved before are whole (written atomically); fix "
+            f"that, then {how_to_continue(config)}"
+        ) from exc
     except KeyboardInterrupt:
-        print(f"error: {interrupted_message(config)}", file=sys.stderr)
+        print(f"error: interrupted; {how_to_continue(config)}", file=sys.stderr)
         raise SystemExit(130) from None
 
 
-def os_error_message(exc: OSError) -> str:
-    """One line for a failed read or write, and what to do; checkpoints and datasets are written atomically, so
-    what was saved before is whole."""
-    where = f" {exc.filename}" if exc.filename else ""
-    what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return (
-        f"could not write or read{where}: {what}. Files saved before are whole (written atomically); fix that, "
-        "then rerun the command with --resume to continue after the last finished epoch"
-    )
-
-
-def interrupted_message(config: RunConfig) -> str:
+def how_to_continue(config: RunConfig) -> str:
+    """What to run after a run stopped: resume it when it has a finished epoch, else start it again."""
     last = Path(config.out) / "last.pt"
     if last.is_file():
-        return f"interrupted; {last} holds the last finished epoch: rerun the same command with --resume to continue"
-    return "interrupted before the first epoch finished; nothing to resume: rerun the command to start again"
+        return f"rerun the same command with --resume to continue after the last finished epoch ({last})"
+    return "rerun the command (no epoch had finished, so there is nothing to resume)"
 
 
 if __name__ == "__main__":

@@ -428,3 +428,12 @@ def test_ctrl_c_in_the_commands_says_how_to_continue(tmp_path, monkeypatch, caps
             ]
         )
     assert exc.value.code == 130 and "rerun the same command to continue" in capsys.readouterr().err
+
+
+def test_unwritable_cache_dir_is_one_line_that_says_to_rerun(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        imitate.main([*TINY, "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "file" / "data")])
+    message = str(exc.value.code)
+    assert message.startswith("error: could not write or read") and "\n" not in message
+    assert "Not a directory" in message and "nothing to resume" in message

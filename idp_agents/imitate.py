@@ -15,6 +15,7 @@ import csv
 import errno
 import io
 import json
+import math
 import os
 import random
 import shutil
@@ -834,10 +835,16 @@ def check_counts(config: RunConfig) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(config, name)}")
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {config.threads}")
+    for name in ("lr", "clip", "map_loss_weight", "memory_budget_gb", "jac_reg", "discount", "contraction"):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):  # NaN passes every comparison and trains to NaN
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     if config.lr <= 0:
         raise ValueError(f"--lr must be positive, got {config.lr}")
     if config.memory_budget_gb is not None and config.memory_budget_gb <= 0:
         raise ValueError(f"--memory-budget-gb must be positive, got {config.memory_budget_gb}")
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"--seed must be between 0 and 2**32 - 1, got {config.seed}")
 
 
 def main(argv: list[str] | None = None) -> dict:

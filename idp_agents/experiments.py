@@ -743,6 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    for name in ("jobs", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name} must be at least 1, got {getattr(args, name)}")
     try:
         sweep = load_sweep(args.config, args.small, args.out)
         if args.command == "report":

@@ -442,3 +442,11 @@ def test_unwritable_cache_dir_is_one_line_that_says_to_rerun(tmp_path):
     message = str(exc.value.code)
     assert message.startswith("error: could not write or read") and "\n" not in message
     assert "Not a directory" in message and "nothing to resume" in message
+
+
+@pytest.mark.parametrize("flag", ["--jobs", "--threads"])
+def test_sweep_counts_below_one_are_refused(tmp_path, flag):
+    config = str(Path(__file__).parents[1] / "experiments" / "nav2d.yaml")
+    with pytest.raises(SystemExit, match=f"error: {flag} must be at least 1, got 0"):
+        experiments.main(["run", config, "--small", flag, "0", "--out", str(tmp_path / "sweep")])
+    assert not (tmp_path / "sweep").exists()

@@ -391,7 +391,7 @@ def test_malformed_sweep_config_is_one_error_line(tmp_path, text, message):
     assert str(exc.value.code).startswith("error: ") and "\n" not in str(exc.value.code)
 
 
-def test_datasets_command_line_errors_are_one_line(tmp_path, monkeypatch):
+def test_datasets_command_line_errors_are_one_line(tmp_path, monkeypatch, capsys):
     def error(*args) -> str:
         with pytest.raises(SystemExit) as exc:
             datasets.main(["--train", "4", "--val", "2", "--test", "2", *args])
@@ -402,6 +402,12 @@ def test_datasets_command_line_errors_are_one_line(tmp_path, monkeypatch):
     assert "is a directory; give the dataset's file name" in error("--out", str(tmp_path))
     assert "has size 15" in error("--env", "GridMaze-15", "--size", "9", "--out", str(tmp_path / "d.npz"))
     assert "takes no size" in error("--env", "Arm2DOF-CSpace-18", "--size", "9", "--out", str(tmp_path / "d.npz"))
+    assert "unknown environment 'Nope'" in error("--env", "Nope", "--out", str(tmp_path / "d.npz"))
+    assert "must be non-negative" in error("--train", "-1", "--out", str(tmp_path / "d.npz"))
+    assert "no GPPN dataset file" in error("--from-gppn", str(tmp_path / "gppn.npz"), "--out", str(tmp_path / "d.npz"))
+    with pytest.raises(SystemExit):  # argparse's usage line, then the error
+        datasets.main(["--seed", "-1", "--out", str(tmp_path / "d.npz")])
+    assert "--seed must be between 0 and 2**32 - 1" in capsys.readouterr().err
 
     def disk_full(file, **arrays):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -269,6 +269,15 @@ def test_checkpoint_whose_weights_do_not_fit_its_config(tmp_path):
         PlannerPolicy.load(path)
 
 
+def test_checkpoints_of_version_1_without_a_checksum_still_load(tmp_path):
+    path = tmp_path / "old.pt"
+    tiny_run_checkpoint(path)
+    payload = torch.load(path, weights_only=True)
+    del payload["checksum"]
+    torch.save({**payload, "version": 1}, path)  # as written before checksums
+    assert PlannerPolicy.load(path).config["planner"] == "vin"
+
+
 def test_checkpoints_round_trip_exactly(tmp_path):
     planner = make_planner("id-vin", l_h=4, l_q=4)
     payload = {"model": planner.state_dict(), "history": [{"loss": float("nan"), "epoch": 1}], "best": None}

@@ -133,6 +133,7 @@ def save_dataset(path: str | os.PathLike, splits: dict[str, TaskBatch], metadata
 
 
 READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, ValueError, json.JSONDecodeError)
+REMAKE = "make the file again with python -m idp_envs.datasets (--from-gppn for GPPN data)"
 
 
 def open_npz(path: Path, what: str):
@@ -140,9 +141,9 @@ def open_npz(path: Path, what: str):
     try:
         data = np.load(path, allow_pickle=False)
     except READ_ERRORS as exc:
-        raise DatasetError(f"{path} is truncated or not {what}: {exc}") from exc
+        raise DatasetError(f"{path} is truncated or not {what} ({exc}); {REMAKE}") from exc
     if not isinstance(data, np.lib.npyio.NpzFile):
-        raise DatasetError(f"{path} holds a single array (.npy), not {what} (an .npz archive)")
+        raise DatasetError(f"{path} holds a single array (.npy), not {what} (an .npz archive); {REMAKE}")
     return data
 
 
@@ -165,11 +166,11 @@ def load_dataset(path: str | os.PathLike, with_views: bool = True) -> tuple[dict
                 raise DatasetError(f"{path} is not an IDP dataset (no metadata entry); for GPPN files use --from-gppn")
             meta = json.loads(str(data["metadata"]))
             if not isinstance(meta, dict):
-                raise DatasetError(f"{path}: its metadata is not a JSON object, so it is not an IDP dataset")
+                raise DatasetError(f"{path}: its metadata is not a JSON object, so it is not an IDP dataset; {REMAKE}")
             if meta.get("format_version") != FORMAT_VERSION:
                 raise DatasetError(
                     f"{path} has dataset format version {meta.get('format_version')}, this library reads "
-                    f"{FORMAT_VERSION}"
+                    f"{FORMAT_VERSION}; {REMAKE}"
                 )
             splits = {}
             for name in meta["splits"]:
@@ -180,18 +181,19 @@ def load_dataset(path: str | os.PathLike, with_views: bool = True) -> tuple[dict
     except DatasetError:
         raise
     except READ_ERRORS as exc:
-        raise DatasetError(f"{path} is truncated, corrupt or not an IDP dataset: {exc}") from exc
+        raise DatasetError(f"{path} is truncated, corrupt or not an IDP dataset ({exc}); {REMAKE}") from exc
     for name, batch in splits.items():
         n = len(batch)
         if any(len(getattr(batch, k)) != n for k in TaskBatch.ARRAYS):
-            raise DatasetError(f"{path}: arrays of split {name!r} have different lengths")
+            raise DatasetError(f"{path}: arrays of split {name!r} have different lengths; {REMAKE}")
         try:
             batch.check()
         except ValueError as exc:
-            raise DatasetError(f"{path}: split {name!r}: {exc}") from exc
+            raise DatasetError(f"{path}: split {name!r}: {exc}; {REMAKE}") from exc
         if list(batch.occupancy.shape[1:]) != list(meta.get("shape", batch.occupancy.shape[1:])):
             raise DatasetError(
-                f"{path}: split {name!r} has {batch.occupancy.shape[1:]} maps, its metadata says {meta['shape']}"
+                f"{path}: split {name!r} has {batch.occupancy.shape[1:]} maps, its metadata says {meta['shape']}; "
+                f"{REMAKE}"
             )
     from idp_envs.views import attach_views
 

@@ -111,26 +111,60 @@ def _check_keys(where: str, given: dict, valid: set) -> None:
         raise ValueError(f"{where}: unknown keys {unknown}; valid: {sorted(valid)}")
 
 
+def _check_mappings(where: str, raw: dict) -> None:
+    for key in ("common", "planner_settings", "generalisation"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise ValueError(f"{where}: {key} must be a mapping, got {raw[key]!r}")
+
+
+def _small_description(raw: dict, small_part: dict) -> str:
+    """What a config's small form runs, for a config whose ``small:`` section has no description of its own."""
+    tasks = [t for t in small_part.get("tasks", raw.get("tasks", [])) if isinstance(t, dict)]
+    runs = ", ".join(
+        f"{t.get('name')} ({t.get('env')}" + (f" size {t['size']})" if "size" in t else ")") for t in tasks
+    )
+    full = str(raw.get("description", "")).strip()
+    return f"The small form (--small) of this config, sized for a CPU in minutes: {runs}." + (
+        f" The full config: {full}" if full else ""
+    )
+
+
 def load_sweep(path: str | os.PathLike, small: bool = False, out: str | None = None) -> Sweep:
     """Read a sweep config; ``small`` overlays its ``small:`` section (``common`` merged key by key, the rest
     replaced). Every key is checked here, so a typo fails before the first run starts."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text())
+    if not path.is_file():
+        raise FileNotFoundError(f"no sweep config at {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path} is not valid YAML{line}: {problem}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a text file, so not a sweep config") from exc
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a sweep config is a YAML mapping")
     small_part = raw.pop("small", None)
     _check_keys(str(path), raw, SWEEP_KEYS)
+    _check_mappings(str(path), raw)
     if small:
         if not isinstance(small_part, dict):
             raise ValueError(f"{path} has no small: section for --small")
         _check_keys(f"{path} small:", small_part, SWEEP_KEYS - {"name"})
-        common = {**raw.get("common", {}), **small_part.get("common", {})}
+        _check_mappings(f"{path} small:", small_part)
+        common = {**(raw.get("common") or {}), **(small_part.get("common") or {})}
+        if "description" not in small_part:  # the full config's description would describe other runs
+            small_part = {**small_part, "description": _small_description(raw, small_part)}
         raw = {**raw, **small_part, "common": common}
     for key in ("tasks", "planners", "k", "seeds"):
-        if not raw.get(key):
-            raise ValueError(f"{path}: {key} must be a non-empty list")
+        if not raw.get(key) or not isinstance(raw[key], list):
+            raise ValueError(f"{path}: {key} must be a non-empty list, got {raw.get(key)!r}")
     name = raw.get("name", path.stem)
     tasks = raw["tasks"]
+    if not all(isinstance(t, dict) for t in tasks):
+        raise ValueError(f"{path}: every task is a mapping with a name and an env, got {tasks!r}")
     names = [t.get("name") for t in tasks]
     if None in names or len(set(names)) != len(names):
         raise ValueError(f"{path}: every task needs a unique name, got {names}")
@@ -405,6 +439,12 @@ def _figure(rows: int, cols: int, width: float = 4.0, height: float = 3.2):
     return plt, fig, axes
 
 
+def _legend(ax, fontsize: int) -> None:
+    """The planners' legend, saying which lines are which; none when nothing was plotted (an empty sweep)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize, title="solid: implicit (id-)\ndashed: unrolled", title_fontsize=fontsize)
+
+
 def plot_success_vs_k(sweep: Sweep, records: list[dict], path: Path) -> None:
     """Test success vs K, one panel per task; mean ± std over seeds; an x at 0 marks a K that ran out of memory."""
     plt, fig, axes = _figure(1, len(sweep.tasks))
@@ -427,7 +467,7 @@ def plot_success_vs_k(sweep: Sweep, records: list[dict], path: Path) -> None:
                 ax.plot(oom, [0] * len(oom), "x", markersize=9, color=style["color"])
         ax.set(title=task["name"], xlabel="K", ylabel="test %Success", ylim=(-3, 103), xticks=sweep.k)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    _legend(axes[0][0], 8)
     fig.suptitle("Success vs K (implicit solid, unrolled dashed; x = out of memory)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -452,7 +492,7 @@ def plot_training_curves(sweep: Sweep, records: list[dict], path: Path) -> None:
                 ax.plot(range(1, length + 1), mean, marker=".", label=planner, **planner_style(planner))
             ax.set(title=f"{task['name']}, K={k}", xlabel="epoch", ylabel="val %Success", ylim=(-3, 103))
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    _legend(axes[0][0], 7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -525,7 +565,7 @@ def plot_step_times(sweep: Sweep, rows: list[dict], path: Path) -> None:
                     ax.plot(*zip(*points, strict=True), marker="o", label=planner, **planner_style(planner))
             ax.set(title=f"{task['name']}: {what.split('_')[0]}", xlabel="K", ylabel="ms per batch", xticks=sweep.k)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    _legend(axes[0][0], 8)
     device = rows[0]["device"] if rows else "?"
     fig.suptitle(f"Forward and backward time of one training step vs K ({device})")
     fig.tight_layout()
@@ -612,7 +652,7 @@ def plot_generalisation(sweep: Sweep, rows: list[dict], path: Path) -> None:
         ax.set(title=f"trained on {sweep.generalisation['task']}, K={k}", xlabel="test map size", ylabel="%Success")
         ax.set(ylim=(-3, 103), xticks=sweep.generalisation["sizes"])
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    _legend(axes[0][0], 8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -703,6 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    for name in ("jobs", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name} must be at least 1, got {getattr(args, name)}")
     try:
         sweep = load_sweep(args.config, args.small, args.out)
         if args.command == "report":
@@ -715,6 +758,13 @@ def main(argv: list[str] | None = None) -> None:
         statuses = run_sweep(sweep, overrides, args.in_process, jobs, args.devices, args.retry_failed)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from exc
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted; finished runs are kept and an interrupted run resumes from its last.pt: rerun the "
+            "same command to continue",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
     counts = {s: sum(v == s for v in statuses.values()) for s in STATUSES}
     print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import errno
 import io
 import json
+import math
 import os
 import random
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,13 +44,19 @@ from idp_agents.training import (
     imitation_loss,
     mapper_logits,
 )
-from idp_envs import resolve_env_id, views
-from idp_envs.datasets import generate_splits, load_dataset, save_dataset, task_tensors
+from idp_envs import resolve_env_id, size_kwargs, views
+from idp_envs.datasets import (
+    DatasetError,
+    check_dataset_fits_env,
+    generate_splits,
+    load_dataset,
+    save_dataset,
+    task_tensors,
+)
 from idp_envs.files import atomic_write
 from idp_envs.tasks import TaskBatch
-from rollouts.episodes import ReplayTasks
 from rollouts.metrics import PlanningMetrics
-from rollouts.video import record_episode, save_gif
+from rollouts.video import showcase_gif
 
 STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group", "discount", "contraction")
 UNBOUNDED_WHEN_ZERO = ("discount", "contraction")
@@ -239,9 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: not a device this library trains on; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: Apple's MPS is not available on this machine; use cpu")
     return device
 
 
@@ -323,6 +342,7 @@ def held_bytes(modules: list[torch.nn.Module], data: dict) -> int:
 def training_step_peak_bytes(planner, mapper, train: dict, config: RunConfig) -> int:
     """Peak bytes allocated above the starting level by one training step (forward + backward) on the first batch,
     from torch.profiler's CPU memory events; end to end through the mapper when there is one."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # else the profiler writes 'USDT: profiler_start' lines to stderr
     idx = torch.arange(min(config.batch_size, len(train["maps"])))
     optimal, true_maps = train["optimal_actions"][idx], train["maps"][idx]
     with (
@@ -432,7 +452,7 @@ COMPARED_ON_RESUME = (
 
 
 def env_kwargs(config: RunConfig) -> dict:
-    return {"size": config.size} if config.size else {}
+    return size_kwargs(config.env, config.size)
 
 
 def load_or_generate_dataset(config: RunConfig) -> tuple[dict, dict]:
@@ -454,6 +474,12 @@ def load_or_generate_dataset(config: RunConfig) -> tuple[dict, dict]:
         raise ValueError(f"dataset {path} was made for {meta['env_id']}, not {config.env}")
     if meta.get("env_id") and meta.get("env_kwargs", {}) != env_kwargs(config):
         raise ValueError(f"dataset {path} was made with {meta.get('env_kwargs')}, not {env_kwargs(config)} (--size)")
+    env = gym.make(config.env, **env_kwargs(config))
+    check_dataset_fits_env(path, meta, env.unwrapped)
+    env.close()
+    empty = [name for name in ("train", "val", "test") if len(splits[name]) == 0]
+    if empty:
+        raise DatasetError(f"dataset {path} has no maps in its {', '.join(empty)} split; every split needs some")
     return splits, meta
 
 
@@ -566,6 +592,32 @@ def probe_spectral_radius(planner, data: dict) -> dict[str, float]:
     return {"spectral_radius_mean": float(radius.mean()), "spectral_radius_max": float(radius.max())}
 
 
+def prepare_out_dir(out: Path) -> None:
+    """Create ``--out`` and check that files can be written in it, before any data is made or any epoch trained."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory for the run's checkpoints and reports")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / ".write-test") as f:
+            f.write(b"ok")
+        (out / ".write-test").unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {out} is not writable ({exc.strerror or exc}); choose another --out") from exc
+
+
+def check_free_space(out: Path, modules: list[torch.nn.Module]) -> None:
+    """Refuse to train when ``--out``'s disk cannot hold the run's files: best.pt and last.pt (weights and RMSprop
+    state), the temporary copy an atomic write makes, and a margin for logs and the report."""
+    params = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    needed = 3 * (2 * params + 2**20) + 16 * 2**20
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise ValueError(
+            f"--out {out}: {free / 2**20:.0f} MiB free on its disk, the run writes about {needed / 2**20:.0f} MiB; "
+            "free some space or choose another --out"
+        )
+
+
 def run(config: RunConfig) -> dict:
     """Train, validate every epoch, keep the best and the last checkpoint, and return the test report.
 
@@ -588,7 +640,8 @@ def train_and_report(config: RunConfig) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        prepare_out_dir(out)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
@@ -614,8 +667,16 @@ def train_and_report(config: RunConfig) -> dict:
         "run": asdict(config),
     }
     phases = epoch_phases(config, mapper is not None)
+    if not phases and not config.resume:
+        raise ValueError(
+            "no epochs to train (--epochs 0), so this run has no checkpoint to test; to test a trained run again "
+            "pass --resume with its settings, or load its best.pt with PlannerPolicy.load"
+        )
+    if is_main:
+        check_free_space(out, [m for m in (planner, mapper) if m is not None])
     history: list[dict] = []
     start_epoch, best = 0, -1.0
+    best_is_this_runs = config.resume  # a fresh run never tests a best.pt that an earlier run left in --out
     last_path, best_path = out / "last.pt", out / "best.pt"
     if config.resume:
         if not last_path.exists():
@@ -666,6 +727,7 @@ def train_and_report(config: RunConfig) -> dict:
             continue
         if improved:
             save_checkpoint(best_path, checkpoint)
+            best_is_this_runs = True
         save_checkpoint(last_path, checkpoint)
         write_metrics_csv(out / "metrics.csv", history)
         if writer is not None:
@@ -680,8 +742,8 @@ def train_and_report(config: RunConfig) -> dict:
     if writer is not None:
         writer.close()
     barrier()  # the other ranks wait for rank 0's checkpoints
-    if not best_path.exists():
-        raise RuntimeError(f"no epoch finished, so there is no checkpoint to test (epochs={config.epochs})")
+    if not best_path.exists() or (is_main and not best_is_this_runs):
+        raise ValueError(f"no epoch finished, so there is no checkpoint to test (epochs={config.epochs})")
     if not is_main:
         barrier()  # and for its test report
         return json.loads((out / "test_report.json").read_text())
@@ -693,6 +755,7 @@ def train_and_report(config: RunConfig) -> dict:
     test, test_map_accuracy = evaluate(planner, mapper, data["test"], config)
     report = {
         "env": config.env,
+        "env_kwargs": env_kwargs(config),
         "planner": config.planner,
         "best_epoch": best_state["epoch"] + 1,
         "test": {**test.as_dict(), "map_accuracy": test_map_accuracy},
@@ -706,7 +769,7 @@ def train_and_report(config: RunConfig) -> dict:
         f.write(json.dumps(report, indent=2).encode())
     print_report(report)
     if config.gif:
-        gif = render_test_episode(planner, mapper, input_key, splits["test"], config, out / "rollout.gif")
+        gif = render_test_episode(planner, mapper, input_key, splits["test"], config, out / "rollout.gif", test.success)
         print(f"rendered a test episode to {gif}")
     barrier()
     return report
@@ -736,19 +799,21 @@ def fixed_point_line(row: dict) -> str:
     return f"{solves}  spectral radius mean {row['spectral_radius_mean']:.3f} max {row['spectral_radius_max']:.3f}"
 
 
-def render_test_episode(planner, mapper, input_key, tasks: TaskBatch, config: RunConfig, path: Path) -> Path:
-    """Play the first test task with the trained policy, its value map drawn under the path, and save a GIF."""
+def render_test_episode(
+    planner, mapper, input_key, tasks: TaskBatch, config: RunConfig, path: Path, success: float
+) -> Path:
+    """A captioned GIF of the trained policy on a test task where planning matters (`rollouts.video.showcase_gif`)."""
     policy = PlannerPolicy(planner, next(planner.parameters()).device, mapper, input_key)
-    env = ReplayTasks(gym.make(config.env, render_mode="rgb_array", **env_kwargs(config)), tasks.subset(slice(0, 1)))
-    frames = record_episode(env, policy, overlay=lambda obs: (policy.value_map(obs), None))
-    env.close()
-    return save_gif(frames, path)
+    title = f"{config.planner} on {config.env.removeprefix('IDP/')}: test %Success {100 * success:.1f}"
+    return showcase_gif(
+        lambda **kwargs: gym.make(config.env, **env_kwargs(config), **kwargs), policy, tasks, title, path
+    )
 
 
 def print_report(report: dict) -> None:
     t = report["test"]
     rows = [
-        ("env", report["env"]),
+        ("env", report["env"] + "".join(f" ({k} {v})" for k, v in report.get("env_kwargs", {}).items())),
         ("planner", report["planner"]),
         ("best epoch", report["best_epoch"]),
         ("test %Success", f"{100 * t['success']:.1f}"),
@@ -770,10 +835,16 @@ def check_counts(config: RunConfig) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(config, name)}")
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {config.threads}")
+    for name in ("lr", "clip", "map_loss_weight", "memory_budget_gb", "jac_reg", "discount", "contraction"):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):  # NaN passes every comparison and trains to NaN
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     if config.lr <= 0:
         raise ValueError(f"--lr must be positive, got {config.lr}")
     if config.memory_budget_gb is not None and config.memory_budget_gb <= 0:
         raise ValueError(f"--memory-budget-gb must be positive, got {config.memory_budget_gb}")
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"--seed must be between 0 and 2**32 - 1, got {config.seed}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -789,6 +860,24 @@ def main(argv: list[str] | None = None) -> dict:
         return run(config)
     except (ValueError, FileNotFoundError, MemoryBudgetExceeded) as exc:
         raise SystemExit(f"error: {exc}") from exc
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise SystemExit(
+            f"error: could not write or read{where}: {what}. Files saved before are whole (written atomically); fix "
+            f"that, then {how_to_continue(config)}"
+        ) from exc
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {how_to_continue(config)}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def how_to_continue(config: RunConfig) -> str:
+    """What to run after a run stopped: resume it when it has a finished epoch, else start it again."""
+    last = Path(config.out) / "last.pt"
+    if last.is_file():
+        return f"rerun the same command with --resume to continue after the last finished epoch ({last})"
+    return "rerun the command (no epoch had finished, so there is nothing to resume)"
 
 
 if __name__ == "__main__":

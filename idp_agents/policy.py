@@ -8,7 +8,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from idp_agents.checkpoints import load_checkpoint
+from idp_agents.checkpoints import CheckpointError, load_checkpoint
 from idp_agents.mappers import cspace_planner_maps, make_mapper
 from idp_agents.planners import PLANNERS, Planner, make_planner, step_hyperparameters
 from idp_envs import grid
@@ -27,7 +27,11 @@ def batched_observation(obs: dict) -> tuple[dict, bool]:
 def goal_cells(goal: np.ndarray) -> np.ndarray:
     """(n, 2) goal cells from (n, H, W) one-hot goal maps or (n, 2) cells."""
     if goal.ndim == 2 and goal.shape[1] == 2:
+        if not np.issubdtype(goal.dtype, np.integer):
+            raise ValueError(f"goal cells must be integers (row, col), got {goal.dtype}")
         return goal.astype(np.int64)
+    if goal.ndim == 3 and (goal.reshape(len(goal), -1) != 0).sum(axis=1).min(initial=1) == 0:
+        raise ValueError("a goal map has no goal (all zeros); it needs exactly one nonzero cell")
     return grid.goal_cells(goal)
 
 
@@ -79,14 +83,20 @@ class PlannerPolicy:
     def load(cls, path, device: str | torch.device = "cpu") -> PlannerPolicy:
         """Rebuild the planner (and mapper) a checkpoint of ``python -m idp_agents.imitate`` describes."""
         payload = load_checkpoint(path, map_location=device)
-        config = payload["config"]
-        planner = make_planner(config["planner"], topology=config["topology"], **legacy_planner_kwargs(config))
-        planner.load_state_dict(payload["model"])
-        mapper, mapper_input = None, None
-        if config.get("mapper"):
-            mapper_input = config["mapper"]["input"]
-            mapper = make_mapper(mapper_input, tuple(config["mapper"]["shape"]))
-            mapper.load_state_dict(payload["mapper"])
+        try:
+            config = payload["config"]
+            planner = make_planner(config["planner"], topology=config["topology"], **legacy_planner_kwargs(config))
+            planner.load_state_dict(payload["model"])
+            mapper, mapper_input = None, None
+            if config.get("mapper"):
+                mapper_input = config["mapper"]["input"]
+                mapper = make_mapper(mapper_input, tuple(config["mapper"]["shape"]))
+                mapper.load_state_dict(payload["mapper"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{path}: its weights do not fit the planner its config describes ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0]}); was it written by another version of this library?"
+            ) from exc
         policy = cls(planner, device, mapper, mapper_input)
         policy.config = config
         return policy
@@ -100,7 +110,10 @@ class PlannerPolicy:
                 raise ValueError(
                     f"occupancy and goal must both be (H, W) or (n, H, W) maps, got {occupancy.shape}, {goal.shape}"
                 )
-            return torch.from_numpy(np.stack([occupancy, goal], axis=1).astype(np.float32)).to(self.device)
+            cells = goal_cells(goal)  # a goal map with no goal, or two, has nothing to plan towards
+            goal = np.zeros(goal.shape, dtype=np.float32)
+            goal[np.arange(len(goal)), cells[:, 0], cells[:, 1]] = 1.0
+            return torch.from_numpy(np.stack([occupancy.astype(np.float32), goal], axis=1)).to(self.device)
         logits = self.mapper(torch.from_numpy(np.ascontiguousarray(obs[self.mapper_input])).to(self.device))
         return cspace_planner_maps(logits, torch.from_numpy(goal_cells(goal)).to(self.device))
 
@@ -148,8 +161,10 @@ class PlannerPolicy:
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
         obs, batched = batched_observation(observation)
+        position = obs["position"]
+        if not np.issubdtype(position.dtype, np.integer):
+            raise ValueError(f"position must be integer cells (row, col), got {position.dtype} {position.tolist()}")
         logits = np.stack([logits for logits, _ in self._planned(obs)])
-        position = obs["position"].astype(np.int64)
         if ((position < 0) | (position >= np.array(logits.shape[-2:]))).any():
             raise ValueError(f"position outside the {logits.shape[-2]}x{logits.shape[-1]} map: {position.tolist()}")
         scores = logits[np.arange(len(logits)), :, position[:, 0], position[:, 1]]  # (n, 4)

@@ -41,4 +41,27 @@ def resolve_env_id(name: str) -> str:
     raise ValueError(f"unknown environment {name!r}; registered: {', '.join(ids)}")
 
 
-__all__ = ["PlanningTask", "TaskBatch", "registered_ids", "resolve_env_id"]
+def size_kwargs(env_id: str, size: int | None) -> dict:
+    """The keyword arguments that give a registered id maps of ``size``: ``{"size": size}`` for an id that takes
+    one (``IDP/GridMaze-v0``, ``IDP/VisualMaze-v0``), ``{}`` when ``size`` is None. ``ValueError`` for an id whose
+    size is fixed (``IDP/GridMaze-15-v0`` would train on other maps than its name says) or that has none."""
+    if size is None:
+        return {}
+    import inspect
+
+    from gymnasium.envs.registration import load_env_creator
+
+    spec = registry[env_id]
+    fixed = spec.kwargs.get("size")
+    if fixed is not None:
+        base = env_id.rsplit("-", 2)[0] + "-v0"
+        hint = f"; for {size}x{size} maps use {base} with size {size}" if base in registry else ""
+        raise ValueError(f"{env_id} has size {fixed}, so a size of {size} would mislabel its maps{hint}")
+    creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
+    if "size" not in inspect.signature(creator).parameters:
+        sized = [i for i in registered_ids() if "size" not in registry[i].kwargs and i.endswith("Maze-v0")]
+        raise ValueError(f"{env_id} takes no size; ids that do: {', '.join(sized)}")
+    return {"size": int(size)}
+
+
+__all__ = ["PlanningTask", "TaskBatch", "registered_ids", "resolve_env_id", "size_kwargs"]

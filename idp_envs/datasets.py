@@ -15,20 +15,24 @@ the ``views`` extra.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import sys
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from idp_envs import grid
 from idp_envs.files import atomic_write
-from idp_envs.tasks import TaskBatch, label_tasks
+from idp_envs.tasks import PEAK_BYTES_PER_CELL, STORED_BYTES_PER_CELL, TaskBatch, check_memory, label_tasks
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
+CHUNK_BYTES = 512 * 2**20  # memory for one batch of tasks being sampled and labelled
 
 
 class DatasetError(ValueError):
@@ -66,6 +70,8 @@ def generate_splits(
     env = gym.make(env_id, **(env_kwargs or {})).unwrapped
     rng = np.random.default_rng(seed)
     total = sum(int(n) for n in counts.values())
+    check_memory(total, env.shape, STORED_BYTES_PER_CELL, f"a dataset of {env_id}")
+    chunk = max(1, min(chunk, CHUNK_BYTES // (PEAK_BYTES_PER_CELL * env.shape[0] * env.shape[1])))
     batches, seen = [], set()
     kept = 0
     with tqdm(total=total, desc=f"tasks for {env_id}", unit="task", disable=not progress) as bar:
@@ -126,23 +132,45 @@ def save_dataset(path: str | os.PathLike, splits: dict[str, TaskBatch], metadata
     return path
 
 
+READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, ValueError, json.JSONDecodeError)
+REMAKE = "make the file again with python -m idp_envs.datasets (--from-gppn for GPPN data)"
+
+
+def open_npz(path: Path, what: str):
+    """``np.load`` of an ``.npz`` archive; `DatasetError` for anything else (a single ``.npy`` array, a pickle)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except READ_ERRORS as exc:
+        raise DatasetError(f"{path} is truncated or not {what} ({exc}); {REMAKE}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DatasetError(f"{path} holds a single array (.npy), not {what} (an .npz archive); {REMAKE}")
+    return data
+
+
 def load_dataset(path: str | os.PathLike, with_views: bool = True) -> tuple[dict[str, TaskBatch], dict]:
     """Read every split of a dataset file written by `save_dataset`; clear `DatasetError` on a bad file.
 
-    With ``with_views``, a dataset's view store (VisualMaze) is attached as the lazily read ``views`` extra.
+    Every split is checked (`TaskBatch.check`: shapes, dtypes, goals and starts on free cells of the map) and must
+    have the shape of the metadata. With ``with_views``, a dataset's view store (VisualMaze) is attached as the
+    lazily read ``views`` extra.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path} is a directory; a dataset is one .npz file from python -m idp_envs.datasets")
     if not path.is_file():
         raise FileNotFoundError(f"no dataset file at {path}")
+    what = "an IDP dataset (python -m idp_envs.datasets)"
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open_npz(path, what) as data:
             if "metadata" not in data.files:
                 raise DatasetError(f"{path} is not an IDP dataset (no metadata entry); for GPPN files use --from-gppn")
             meta = json.loads(str(data["metadata"]))
+            if not isinstance(meta, dict):
+                raise DatasetError(f"{path}: its metadata is not a JSON object, so it is not an IDP dataset; {REMAKE}")
             if meta.get("format_version") != FORMAT_VERSION:
                 raise DatasetError(
                     f"{path} has dataset format version {meta.get('format_version')}, this library reads "
-                    f"{FORMAT_VERSION}"
+                    f"{FORMAT_VERSION}; {REMAKE}"
                 )
             splits = {}
             for name in meta["splits"]:
@@ -152,17 +180,42 @@ def load_dataset(path: str | os.PathLike, with_views: bool = True) -> tuple[dict
                 splits[name] = TaskBatch(*arrays, topology=meta["topology"], extras=extras)
     except DatasetError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path} is truncated or not an IDP dataset: {exc}") from exc
+    except READ_ERRORS as exc:
+        raise DatasetError(f"{path} is truncated, corrupt or not an IDP dataset ({exc}); {REMAKE}") from exc
     for name, batch in splits.items():
         n = len(batch)
         if any(len(getattr(batch, k)) != n for k in TaskBatch.ARRAYS):
-            raise DatasetError(f"{path}: arrays of split {name!r} have different lengths")
+            raise DatasetError(f"{path}: arrays of split {name!r} have different lengths; {REMAKE}")
+        try:
+            batch.check()
+        except ValueError as exc:
+            raise DatasetError(f"{path}: split {name!r}: {exc}; {REMAKE}") from exc
+        if list(batch.occupancy.shape[1:]) != list(meta.get("shape", batch.occupancy.shape[1:])):
+            raise DatasetError(
+                f"{path}: split {name!r} has {batch.occupancy.shape[1:]} maps, its metadata says {meta['shape']}; "
+                f"{REMAKE}"
+            )
     from idp_envs.views import attach_views
 
     if with_views:
         attach_views(path, splits)
     return splits, meta
+
+
+def check_dataset_fits_env(path, meta: dict, env) -> None:
+    """`DatasetError` unless a loaded dataset's maps have the shape and topology of ``env`` (an unwrapped IDP env):
+    a file made for another task (a plane maze for the arm's torus, 9x9 mazes for a 15x15 id) is not trained on."""
+    shape, topology = tuple(meta.get("shape", ())), meta.get("topology")
+    if topology != env.topology:
+        raise DatasetError(
+            f"{path} holds {topology} maps, but {env.spec.id if env.spec else type(env).__name__} plans on a "
+            f"{env.topology}; use a dataset made for that environment"
+        )
+    if shape != tuple(env.shape):
+        raise DatasetError(
+            f"{path} holds {'x'.join(map(str, shape))} maps, but the environment's are "
+            f"{'x'.join(map(str, env.shape))}; use a dataset of that size (or the --size it was made with)"
+        )
 
 
 def import_gppn(path: str | os.PathLike, seed: int = 0) -> tuple[dict[str, TaskBatch], dict]:
@@ -174,11 +227,17 @@ def import_gppn(path: str | os.PathLike, seed: int = 0) -> tuple[dict[str, TaskB
     action order or orientation). GPPN stores no start cell: one is drawn per task with ``seed``.
     """
     rng = np.random.default_rng(seed)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no GPPN dataset file at {path}")
+    what = "a GPPN dataset (expected arrays arr_0..arr_8)"
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open_npz(path, what) as data:
             raw = [data[f"arr_{i}"] for i in range(9)]
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
-        raise DatasetError(f"{path} is not a GPPN dataset (expected arrays arr_0..arr_8): {exc}") from exc
+    except DatasetError:
+        raise
+    except READ_ERRORS as exc:
+        raise DatasetError(f"{path} is truncated, corrupt or not {what}: {exc}") from exc
     splits = {}
     for k, name in enumerate(SPLITS):
         maze, goal_map, policy = raw[3 * k : 3 * k + 3]
@@ -267,6 +326,7 @@ def torch_dataset(batch: TaskBatch):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m idp_envs.datasets", description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="IDP/GridMaze-15-v0", help="registered environment id")
+    parser.add_argument("--size", type=int, help="map size, for ids that take one (IDP/GridMaze-v0, IDP/VisualMaze-v0)")
     parser.add_argument("--train", type=int, default=10000)
     parser.add_argument("--val", type=int, default=2000)
     parser.add_argument("--test", type=int, default=2000)
@@ -277,20 +337,37 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be between 0 and 2**32 - 1, got {args.seed}")
     try:
         run_command(args)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from exc
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted; no partial dataset file was written (a view store keeps what it rendered): rerun the "
+            "command to make it",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+    except OSError as exc:
+        what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise SystemExit(
+            f"error: could not write {exc.filename or args.out}: {what}; nothing partial was left"
+        ) from exc
 
 
 def run_command(args: argparse.Namespace) -> None:
-    from idp_envs import resolve_env_id, views
+    from idp_envs import resolve_env_id, size_kwargs, views
 
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a directory; give the dataset's file name, e.g. {args.out}/maze.npz")
     if args.from_gppn:
         splits, meta = import_gppn(args.from_gppn, seed=args.seed)
     else:
         env_id = resolve_env_id(args.env)
-        splits, meta = generate_splits(env_id, {"train": args.train, "val": args.val, "test": args.test}, args.seed)
+        counts = {"train": args.train, "val": args.val, "test": args.test}
+        splits, meta = generate_splits(env_id, counts, args.seed, size_kwargs(env_id, args.size))
     path = save_dataset(args.out, splits, meta)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     print(f"wrote {path} ({sizes}; {path.stat().st_size / 1e6:.1f} MB)")

@@ -1,6 +1,6 @@
 """Pure-numpy grid algorithms, batched over N maps: maze generation, BFS distances, optimal-action labels.
 
-Conventions (DESIGN.md): arrays are ``[row, col]`` with row 0 at the top; occupancy 1 = obstacle; actions
+Conventions (docs/design.md): arrays are ``[row, col]`` with row 0 at the top; occupancy 1 = obstacle; actions
 ``0 = N (row-1)``, ``1 = W (col-1)``, ``2 = S (row+1)``, ``3 = E (col+1)``. On a "plane" a move off the edge or
 into an obstacle leaves the agent in place; on a "torus" moves wrap around.
 """

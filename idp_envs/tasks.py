@@ -6,6 +6,7 @@ labelled tasks as stacked arrays, the form samplers produce and datasets store.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,6 +98,46 @@ class TaskBatch:
     def __len__(self) -> int:
         return len(self.occupancy)
 
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first array whose shape, dtype or values no task batch can have: what
+        a file from elsewhere must pass before it is trained on. Labels are not recomputed."""
+        grid.check_topology(self.topology)
+        occupancy = np.asarray(self.occupancy)
+        if occupancy.ndim != 3 or min(occupancy.shape[1:], default=0) < 2:
+            raise ValueError(f"occupancy must be (N, H, W) maps of at least 2x2, got shape {occupancy.shape}")
+        if not (np.issubdtype(occupancy.dtype, np.integer) or occupancy.dtype == bool):
+            raise ValueError(f"occupancy must have an integer or bool dtype, got {occupancy.dtype}")
+        if not ((occupancy == 0) | (occupancy == 1)).all():
+            raise ValueError("occupancy values must be 0 (free) or 1 (obstacle)")
+        n, h, w = occupancy.shape
+        expected = {"distances": (n, h, w), "optimal_actions": (n, 4, h, w)}
+        for name, shape in expected.items():
+            if np.shape(getattr(self, name)) != shape:
+                raise ValueError(
+                    f"{name} must have shape {shape} to match occupancy, got {np.shape(getattr(self, name))}"
+                )
+        if np.asarray(self.optimal_actions).dtype != bool:
+            raise ValueError(f"optimal_actions must be bool, got {np.asarray(self.optimal_actions).dtype}")
+        if not np.issubdtype(np.asarray(self.distances).dtype, np.integer):
+            raise ValueError(f"distances must be integers, got {np.asarray(self.distances).dtype}")
+        rows = np.arange(n)
+        for name in ("goal", "start"):
+            cells = np.asarray(getattr(self, name))
+            if cells.shape != (n, 2) or not np.issubdtype(cells.dtype, np.integer):
+                raise ValueError(f"{name} must be (N, 2) integer cells (row, col), got {cells.dtype} {cells.shape}")
+            outside = (cells < 0) | (cells >= np.array([h, w]))
+            if outside.any():
+                i = int(np.flatnonzero(outside.any(axis=1))[0])
+                raise ValueError(f"{name} {cells[i].tolist()} of task {i} is outside the {h}x{w} map")
+            blocked = occupancy[rows, cells[:, 0], cells[:, 1]] != 0
+            if blocked.any():
+                i = int(np.flatnonzero(blocked)[0])
+                raise ValueError(f"{name} {cells[i].tolist()} of task {i} is inside an obstacle")
+        at_goal = np.asarray(self.distances)[rows, self.goal[:, 0], self.goal[:, 1]]
+        if (at_goal != 0).any():
+            i = int(np.flatnonzero(at_goal != 0)[0])
+            raise ValueError(f"distances of task {i} are not 0 at its goal: labels for another goal")
+
     def subset(self, index) -> TaskBatch:
         return TaskBatch(
             *(getattr(self, k)[index] for k in self.ARRAYS),
@@ -120,6 +161,32 @@ class TaskBatch:
             *(np.concatenate([getattr(b, k) for b in batches]) for k in cls.ARRAYS),
             topology=first.topology,
             extras={k: np.concatenate([b.extras[k] for b in batches]) for k in first.extras},
+        )
+
+
+# Bytes per map cell: while a batch of tasks is sampled and labelled (maze carve stack, BFS wave, distances, action
+# masks; measured peak about 40), and as a labelled task is kept (occupancy 1 + distances 4 + action masks 4).
+PEAK_BYTES_PER_CELL = 48
+STORED_BYTES_PER_CELL = 9
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(n_tasks: int, shape: tuple[int, int], bytes_per_cell: int, what: str) -> None:
+    """``ValueError`` when ``n_tasks`` maps of ``shape`` at ``bytes_per_cell`` would not fit in physical memory:
+    a clear refusal instead of an allocation of hundreds of GiB."""
+    total = physical_memory_bytes()
+    needed = int(n_tasks) * int(shape[0]) * int(shape[1]) * bytes_per_cell
+    if total is not None and needed > total:
+        raise ValueError(
+            f"{what} needs about {needed / 2**30:,.1f} GiB of memory ({n_tasks} maps of {shape[0]}x{shape[1]}), "
+            f"more than this machine's {total / 2**30:,.1f} GiB; use smaller maps or fewer of them"
         )
 
 

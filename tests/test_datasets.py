@@ -146,3 +146,24 @@ def test_command_line(tmp_path, capsys):
     assert "train 30, val 5, test 5" in capsys.readouterr().out
     splits, meta = datasets.load_dataset(tmp_path / "m.npz")
     assert meta["env_id"] == "IDP/GridMaze-15-v0" and splits["train"].occupancy.shape == (30, 15, 15)
+
+
+def test_command_line_size(tmp_path):
+    datasets.main(
+        [
+            "--env",
+            "GridMaze-v0",
+            "--size",
+            "9",
+            "--train",
+            "6",
+            "--val",
+            "2",
+            "--test",
+            "2",
+            "--out",
+            str(tmp_path / "m.npz"),
+        ]
+    )
+    splits, meta = datasets.load_dataset(tmp_path / "m.npz")
+    assert meta["env_kwargs"] == {"size": 9} and splits["train"].occupancy.shape == (6, 9, 9)

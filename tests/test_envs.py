@@ -179,3 +179,13 @@ def test_resolve_env_id():
     assert idp_envs.resolve_env_id("IDP/GridMaze-15-v0") == "IDP/GridMaze-15-v0"
     with pytest.raises(ValueError, match="GridMaze-15-v0"):
         idp_envs.resolve_env_id("Maze-7")
+
+
+def test_a_large_maze_says_that_sampling_it_takes_a_while():
+    with pytest.warns(UserWarning, match=r"about \d+ s"):
+        gym.make("IDP/GridMaze-v0", size=1201)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym.make("IDP/GridMaze-v0", size=75)

@@ -80,6 +80,7 @@ def test_failures_are_classified():
     assert experiments.classify_failure("ValueError: bad map") == "failed"
 
 
+@pytest.mark.slow
 def test_small_sweep_resumes_after_an_interruption_and_reports(tmp_path, monkeypatch, capsys):
     sweep = experiments.load_sweep(write_config(tmp_path, TINY), out=str(tmp_path / "out"))
     overrides = {"threads": 1, "cache_dir": str(tmp_path / "data")}
@@ -131,6 +132,7 @@ def test_small_sweep_resumes_after_an_interruption_and_reports(tmp_path, monkeyp
     assert len(general) == 8 * 2 and {r["size"] for r in general} == {"7", "9"}
 
 
+@pytest.mark.slow
 def test_failing_subprocess_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     text = TINY.replace("memory_budget_gb: 1.0e-6", f"data: {tmp_path / 'missing.npz'}")
     text = text.replace("planners: [vin, id-convgppn]", "planners: [vin]").replace("k: [3, 6]", "k: [3]")
@@ -153,6 +155,7 @@ def test_cpu_memory_budget_refuses_the_run_with_a_clear_error(tmp_path):
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_ddp_with_two_gloo_processes_trains(tmp_path):
     args = "--env GridMaze-v0 --size 7 --planner id-vin --l-h 8 --l-q 8 --k 10 --k-bwd 5 --train 96 --val 16".split()
     args += "--test 16 --epochs 3 --batch-size 16 --lr 5e-3 --threads 1 --device cpu --no-progress".split()
@@ -169,3 +172,13 @@ def test_ddp_with_two_gloo_processes_trains(tmp_path):
     assert [int(h["epoch"]) for h in history] == [1, 2, 3]
     assert float(history[-1]["train_loss"]) < float(history[0]["train_loss"])
     assert result.stdout.count("epoch 3/3:") == 1  # only rank 0 logs
+
+
+def test_report_of_an_empty_small_sweep_describes_the_small_runs_without_warnings(tmp_path):
+    import warnings
+
+    sweep = experiments.load_sweep(ROOT / "experiments" / "nav2d.yaml", small=True, out=str(tmp_path / "sweep"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels found to put in legend"
+        summary = experiments.write_report(sweep, timing=False, device="cpu").read_text()
+    assert "small form (--small)" in summary and "maze7 (GridMaze-v0 size 7)" in summary

@@ -177,6 +177,7 @@ def test_in_place_gru_update_equals_the_plain_one():
     assert torch.allclose(gru_update_inplace(x, h.clone(), z), fused._gru_update(x, h, z), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_compiled_kernels_equal_the_eager_ones(monkeypatch):
     """IDP_COMPILE=1 compiles the fused kernels on the CPU too; they must give the eager results."""
     monkeypatch.setenv(fused.COMPILE_ENV, "1")

@@ -11,9 +11,11 @@ import idp_envs  # noqa: F401
 from idp_agents import imitate
 from idp_agents.checkpoints import CheckpointError, load_checkpoint
 from idp_agents.policy import PlannerPolicy
+from idp_envs import render
 from idp_envs.datasets import load_dataset, task_tensors
 from rollouts.episodes import ReplayTasks
 from rollouts.metrics import hitting_times, policy_metrics
+from rollouts.video import FOOTER, HEADER, showcase_order
 
 SMALL = "--env GridMaze-v0 --size 9 --planner id-convgppn --hidden 16 --k 20 --k-bwd 10 --val 30 --test 40".split()
 SMALL += ["--no-progress", "--threads", "1"]
@@ -48,8 +50,15 @@ def test_training_beats_a_random_policy_by_far(trained):
     assert saved["test"] == report["test"] and "reachable" in saved["denominator"]
     from PIL import Image
 
-    with Image.open(tmp_path / "run" / "rollout.gif") as gif:  # the first test task, played by the trained policy
-        assert gif.n_frames >= 2
+    splits, _ = load_dataset(report["dataset"])
+    test = splits["test"]
+    lengths = test.distances[np.arange(len(test)), test.start[:, 0], test.start[:, 1]]
+    shortest_shown = lengths[showcase_order(test)[:64]].min()  # one of the 64 tasks with the longest detours
+    with Image.open(tmp_path / "run" / "rollout.gif") as gif:
+        map_pixels = 9 * render.default_cell_pixels((9, 9))
+        assert gif.n_frames >= shortest_shown + 1 and gif.height == HEADER + map_pixels + FOOTER  # title and key
+        gif.seek(gif.n_frames - 1)
+        assert gif.info["duration"] == 200 + 2000  # 5 frames a second, the end held 2 s
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,phase,train_loss") and len(lines) == 4
 
@@ -111,7 +120,7 @@ def test_policy_predicts_single_and_batched_observations(trained):
         policy.predict({"occupancy": obs["occupancy"], "goal": obs["goal"][:3], "position": obs["position"]})
 
 
-def test_resume_continues_after_an_interrupted_epoch(tmp_path, monkeypatch):
+def test_resume_continues_after_an_interrupted_epoch(tmp_path, monkeypatch, capsys):
     run(tmp_path, "--train", "64", "--epochs", "1")
     first = load_checkpoint(tmp_path / "run" / "last.pt")
     assert first["epoch"] == 0
@@ -126,8 +135,9 @@ def test_resume_continues_after_an_interrupted_epoch(tmp_path, monkeypatch):
         return original(*args)
 
     monkeypatch.setattr(imitate, "imitation_loss", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as exc:  # Ctrl-C: exit status 130 and a line saying how to continue
         run(tmp_path, "--train", "64", "--epochs", "2", "--resume")
+    assert exc.value.code == 130 and "rerun the same command with --resume" in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0  # the finished epoch is kept
     monkeypatch.setattr(imitate, "imitation_loss", original)
     report = run(tmp_path, "--train", "64", "--epochs", "2", "--resume")
@@ -165,6 +175,35 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
     assert straight["test"] == resumed["test"]
+
+
+def test_epochs_0_in_the_folder_of_an_earlier_run_tests_nothing_and_keeps_its_report(tmp_path):
+    run(tmp_path, "--train", "32", "--epochs", "1")
+    report = (tmp_path / "run" / "test_report.json").read_bytes()
+    with pytest.raises(SystemExit, match="no epochs to train"):
+        run(tmp_path, "--train", "32", "--epochs", "0", "--seed", "5", "--lr", "0.1")
+    vin = ["--env", "GridMaze-v0", "--size", "9", "--planner", "vin", "--l-h", "4", "--l-q", "4", "--epochs", "0"]
+    with pytest.raises(SystemExit, match="no epochs to train"):  # another planner: no state_dict traceback either
+        imitate.main([*vin, "--train", "32", "--cache-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    assert (tmp_path / "run" / "test_report.json").read_bytes() == report
+    again = run(tmp_path, "--train", "32", "--epochs", "1", "--resume")  # testing it again is --resume
+    assert json.loads(report)["test"] == again["test"]
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    run(tmp_path, "--train", "32", "--epochs", "1")
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+
+    def disk_full(path, payload):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(imitate, "save_checkpoint", disk_full)
+    with pytest.raises(SystemExit, match="disk is full.*--resume") as exc:
+        run(tmp_path, "--train", "32", "--epochs", "2", "--resume")
+    assert "\n" not in str(exc.value.code)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -210,3 +249,35 @@ def test_checkpoint_records_every_resolved_setting_and_old_checkpoints_keep_thei
     assert legacy_planner_kwargs(config) == kwargs
     old = {"planner": "id-vin", "planner_kwargs": {"k_fwd": 30, "l_h": 8}}  # written before bounded value filters
     assert legacy_planner_kwargs(old) == {"kernel": 3, "discount": None, "k_fwd": 30, "l_h": 8}
+
+
+def test_readme_sb3_snippet_runs_as_written(trained):
+    """The README's evaluate_policy snippet, on the trained checkpoint: floats back, and no Monitor warning."""
+    import re
+    import warnings
+    from pathlib import Path
+
+    tmp_path, _ = trained
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "evaluate_policy" in b)
+    code = block.replace("runs/latest/best.pt", str(tmp_path / "run" / "best.pt"))
+    namespace: dict = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(code.replace("n_eval_episodes=50", "n_eval_episodes=4"), "README.md", "exec"), namespace)
+    assert not [w for w in caught if "Monitor" in str(w.message)]
+    assert isinstance(namespace["mean_reward"], float) and isinstance(namespace["std_reward"], float)
+
+
+def test_a_run_log_holds_no_profiler_lines(tmp_path):
+    """--memory-budget-gb measures a step under torch.profiler, whose native logger wrote lines to every log."""
+    import subprocess
+    import sys
+
+    args = "--env GridMaze-v0 --size 7 --planner vin --l-h 4 --l-q 4 --k 3 --train 8 --val 4 --test 4 --epochs 1"
+    args += f" --threads 1 --no-progress --no-gif --memory-budget-gb 2 --out {tmp_path / 'run'}"
+    args += f" --cache-dir {tmp_path / 'data'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "idp_agents.imitate", *args.split()], capture_output=True, text=True, check=True
+    )
+    assert "profiler" not in done.stdout + done.stderr and "test %Success" in done.stdout

@@ -19,6 +19,7 @@ def train(tmp_path, *args):
     return imitate.main([*TINY, *args, "--cache-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run")])
 
 
+@pytest.mark.slow
 def test_arm_workspace_trains_mapper_then_planner_then_both(tmp_path):
     report = train(tmp_path, "--env", "Arm2DOF-Workspace", "--train", "48", "--val", "8", "--test", "8")
     state = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -49,6 +50,7 @@ def test_visual_maze_trains_the_visual_mapper(tmp_path):
     assert policy.value_map(obs).shape == (7, 7)
 
 
+@pytest.mark.slow
 def test_policy_refuses_observations_of_another_env(tmp_path):
     train(tmp_path, "--env", "Arm2DOF-Workspace", "--train", "16", "--val", "4", "--test", "4")
     policy = PlannerPolicy.load(tmp_path / "run" / "best.pt")

@@ -145,3 +145,28 @@ def test_rendered_rollout_to_gif(tmp_path, batch):
 
     with Image.open(path) as gif:
         assert gif.n_frames == len(frames)
+
+
+def test_captioned_gif_names_the_run_keys_the_shading_and_holds_the_end(tmp_path, batch):
+    from PIL import Image
+
+    from rollouts.video import FOOTER, HEADER, caption_frames, detours, showcase_order
+
+    order = showcase_order(batch)
+    lengths = batch.distances[np.arange(len(batch)), batch.start[:, 0], batch.start[:, 1]]
+    assert np.array_equal(detours(batch), lengths - np.abs(batch.start - batch.goal).sum(axis=1))
+    assert sorted(order) == list(range(len(batch))) and (np.diff(detours(batch)[order]) <= 0).all()
+    env = ReplayTasks(gym.make("IDP/GridMaze-v0", size=11, render_mode="rgb_array"), batch.subset([order[0]]))
+    frames = record_episode(
+        env, ExpertOracle(env), overlay=lambda obs: (-env.unwrapped.distances().astype(float), None)
+    )
+    captioned = caption_frames(frames, "id-vin on GridMaze-v0: test %Success 70.0", reached=True, note="task 3")
+    h, w = frames[0].shape[:2]
+    assert len(captioned) == len(frames) and captioned[0].shape[0] == HEADER + h + FOOTER
+    left = (captioned[0].shape[1] - w) // 2
+    assert np.array_equal(captioned[3][HEADER : HEADER + h, left : left + w], frames[3])  # the frame is untouched
+    assert (captioned[0][:HEADER] < 128).any() and (captioned[0][HEADER + h :] < 250).any()  # title, key drawn
+    path = save_gif(captioned, tmp_path / "episode.gif", fps=5, hold_last_s=2.0)
+    with Image.open(path) as gif:
+        gif.seek(gif.n_frames - 1)
+        assert gif.info["duration"] == 200 + 2000

@@ -77,6 +77,7 @@ class RunConfig:
     tol_bwd: float | None = FixedPointConfig.tol_bwd
     gradient: str = FixedPointConfig.gradient
     jac_reg: float | None = None
+    jac_reg_unconverged: float | None = None
     on_divergence: str = FixedPointConfig.on_divergence
     l_h: int | None = None
     l_q: int | None = None
@@ -128,7 +129,12 @@ class RunConfig:
             "gradient": self.gradient,
             "on_divergence": self.on_divergence,
         }
-        for key, value in (("k_fwd", self.k_fwd), ("jac_reg_weight", self.jac_reg)):
+        planner_defaulted = (
+            ("k_fwd", self.k_fwd),
+            ("jac_reg_weight", self.jac_reg),
+            ("jac_reg_unconverged", self.jac_reg_unconverged),
+        )
+        for key, value in planner_defaulted:
             if value is not None:
                 fixed_point[key] = value
         return {**fixed_point, **step}
@@ -179,8 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--jac-reg",
         type=float,
-        help="weight of the Jacobian regulariser (default 0; id-convgppn "
-        f"{PLANNERS['id-convgppn'].defaults['jac_reg_weight']})",
+        help="weight of the Jacobian regulariser on every sample (default: the planner's, 0 for all)",
+    )
+    add(
+        "--jac-reg-unconverged",
+        type=float,
+        help="weight of the Jacobian regulariser on the samples whose forward solve missed --tol-fwd instead "
+        f"(default: --jac-reg; id-convgppn {PLANNERS['id-convgppn'].defaults['jac_reg_unconverged']})",
     )
     add(
         "--on-divergence",
@@ -442,6 +453,7 @@ COMPARED_ON_RESUME = (
     "tol_fwd",
     "tol_bwd",
     "jac_reg",
+    "jac_reg_unconverged",
     "clip",
     "on_divergence",
     "mapper_epochs",
@@ -835,7 +847,17 @@ def check_counts(config: RunConfig) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(config, name)}")
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {config.threads}")
-    for name in ("lr", "clip", "map_loss_weight", "memory_budget_gb", "jac_reg", "discount", "contraction"):
+    finite = (
+        "lr",
+        "clip",
+        "map_loss_weight",
+        "memory_budget_gb",
+        "jac_reg",
+        "jac_reg_unconverged",
+        "discount",
+        "contraction",
+    )
+    for name in finite:
         value = getattr(config, name)
         if value is not None and not math.isfinite(value):  # NaN passes every comparison and trains to NaN
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")

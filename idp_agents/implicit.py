@@ -44,7 +44,10 @@ class FixedPointConfig:
     warned about (``NonConvergenceWarning``, once per process). ``None``: run the whole budget, no host reads.
 
     ``phantom_damping`` is the damping lambda of the phantom gradient's steps z <- z + lambda (f(z) - z)
-    (Geng et al., 2021); 1.0 with one step is the one-step (Jacobian-free) gradient. The ``jac_reg_every``
+    (Geng et al., 2021); 1.0 with one step is the one-step (Jacobian-free) gradient. The Jacobian regulariser
+    (Bai et al., 2021) weighs each sample by ``jac_reg_weight``, or by ``jac_reg_unconverged`` (when set) if its
+    forward solve missed ``tol_fwd``: a pull toward a contraction where the fixed point is being lost that leaves
+    the samples where it holds alone. The ``jac_reg_every``
     schedule counts the grad-enabled calls made with this config object. ``forward_dtype`` ("bfloat16" or
     "float16") runs the implicit forward solve's steps under autocast to that dtype (meant for CUDA), casting each
     step's output back to the state's dtype; the final step with autograd and the backward stay in full precision.
@@ -61,6 +64,7 @@ class FixedPointConfig:
     phantom_steps: int = 1
     phantom_damping: float = 0.5
     jac_reg_weight: float = 0.0
+    jac_reg_unconverged: float | None = None
     jac_reg_every: int = 1
     on_divergence: str = "raise"
     forward_dtype: str | None = None
@@ -93,8 +97,10 @@ class FixedPointConfig:
                 f"FixedPointConfig.forward_dtype={self.forward_dtype!r} is not None or one of "
                 f"{', '.join(FORWARD_DTYPES)}"
             )
-        if self.jac_reg_weight < 0:
-            raise ValueError(f"FixedPointConfig.jac_reg_weight must be non-negative, got {self.jac_reg_weight}")
+        for name in ("jac_reg_weight", "jac_reg_unconverged"):
+            weight = getattr(self, name)
+            if weight is not None and weight < 0:
+                raise ValueError(f"FixedPointConfig.{name} must be non-negative, got {weight}")
         if not 0 < self.phantom_damping <= 1:
             raise ValueError(f"FixedPointConfig.phantom_damping must lie in (0, 1], got {self.phantom_damping}")
 
@@ -108,15 +114,27 @@ class FixedPointInfo:
     backward: list[SolverInfo] = field(default_factory=list)
 
 
-def jacobian_frobenius_estimate(fz: Tensor, z: Tensor) -> Tensor:
-    """Hutchinson estimate of ||df/dz||_F^2 / numel per sample, averaged over the batch; differentiable.
+def jacobian_frobenius_estimate(fz: Tensor, z: Tensor, weight: Tensor | float = 1.0) -> Tensor:
+    """Hutchinson estimate of ||df/dz||_F^2 / numel per sample, times ``weight`` (a scalar or one per sample),
+    averaged over the batch; differentiable.
 
     Uses one Rademacher probe eps: E ||eps^T J||^2 = ||J||_F^2. ``z`` must require grad and ``fz`` depend on it.
     """
     probe = torch.randint(0, 2, fz.shape, device=fz.device).to(fz.dtype).mul_(2).sub_(1)
     (vjp,) = torch.autograd.grad(fz, z, probe, create_graph=True)
     per_sample = vjp.pow(2).flatten(1).sum(dim=1) / vjp[0].numel()
-    return per_sample.mean()
+    return (per_sample * weight).mean()
+
+
+def jacobian_weights(config: FixedPointConfig, forward: SolverInfo) -> Tensor | float | None:
+    """The regulariser's weight per sample: ``jac_reg_unconverged`` where the forward solve missed its tolerance
+    (when both are set), ``jac_reg_weight`` elsewhere; None when every weight is zero."""
+    if config.jac_reg_unconverged is None or config.tol_fwd is None:
+        return config.jac_reg_weight or None
+    if config.jac_reg_weight == 0 and bool(forward.converged.all()):
+        return None
+    weight = torch.where(forward.converged, config.jac_reg_weight, config.jac_reg_unconverged)
+    return weight.to(forward.final_residual.dtype)
 
 
 class NonConvergenceWarning(RuntimeWarning):
@@ -176,7 +194,7 @@ def _check_divergence(info: SolverInfo, what: str, solver: str, policy: str) -> 
 
 def _jac_loss_due(config: FixedPointConfig) -> bool:
     """Count a training call; True when this one should compute the Jacobian regulariser."""
-    if config.jac_reg_weight == 0:
+    if config.jac_reg_weight == 0 and not config.jac_reg_unconverged:
         return False
     due = config._training_calls % config.jac_reg_every == 0
     config._training_calls += 1
@@ -266,7 +284,7 @@ def solve_fixed_point(
         jac_loss = None
         if jac_due:
             z_in = z.detach().requires_grad_()
-            jac_loss = config.jac_reg_weight * jacobian_frobenius_estimate(f(z_in), z_in)
+            jac_loss = jacobian_frobenius_estimate(f(z_in), z_in, config.jac_reg_weight)
         return z, FixedPointInfo(forward=None, jac_loss=jac_loss)
 
     with torch.no_grad():
@@ -279,10 +297,11 @@ def solve_fixed_point(
         fz = f(z_star)
         return (fz if config.gradient == "implicit" else _damped_steps(f, z_star, fz, config)), info
 
-    z_star = z_star.requires_grad_(config.gradient == "implicit" or jac_due)
+    jac_weight = jacobian_weights(config, forward_info) if jac_due else None
+    z_star = z_star.requires_grad_(config.gradient == "implicit" or jac_weight is not None)
     fz = f(z_star)
-    if jac_due:
-        info.jac_loss = config.jac_reg_weight * jacobian_frobenius_estimate(fz, z_star)
+    if jac_weight is not None:
+        info.jac_loss = jacobian_frobenius_estimate(fz, z_star, jac_weight)
     if config.gradient == "phantom":
         return _damped_steps(f, z_star, fz, config), info
     if not fz.requires_grad:

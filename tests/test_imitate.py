@@ -10,6 +10,7 @@ import torch
 import idp_envs  # noqa: F401
 from idp_agents import imitate
 from idp_agents.checkpoints import CheckpointError, load_checkpoint
+from idp_agents.planners import PLANNERS
 from idp_agents.policy import PlannerPolicy
 from idp_envs import render
 from idp_envs.datasets import load_dataset, task_tensors
@@ -249,6 +250,9 @@ def test_checkpoint_records_every_resolved_setting_and_old_checkpoints_keep_thei
     assert legacy_planner_kwargs(config) == kwargs
     old = {"planner": "id-vin", "planner_kwargs": {"k_fwd": 30, "l_h": 8}}  # written before bounded value filters
     assert legacy_planner_kwargs(old) == {"kernel": 3, "discount": None, "k_fwd": 30, "l_h": 8}
+    before_targeted = {"planner": "id-convgppn", "planner_kwargs": {"jac_reg_weight": 0.1, "contraction": None}}
+    assert legacy_planner_kwargs(before_targeted)["jac_reg_unconverged"] is None
+    assert kwargs["jac_reg_unconverged"] == PLANNERS["id-convgppn"].defaults["jac_reg_unconverged"]
 
 
 def test_readme_sb3_snippet_runs_as_written(trained):

@@ -166,6 +166,31 @@ def test_jacobian_regulariser_descends():
     assert after < 0.8 * before
 
 
+@pytest.mark.parametrize("base", [0.0, 1.0])
+def test_jacobian_regulariser_weighs_the_samples_that_missed_the_tolerance(base):
+    # f(z) = a_b z + x_b: the estimate of ||J||_F^2 / n is exactly a_b^2 whatever the probe. Sample 0 (a = 0.1)
+    # converges in 10 forward steps, sample 1 (a = 0.99) does not.
+    a = torch.tensor([[0.1], [0.99]], dtype=DOUBLE, requires_grad=True)
+    x = torch.ones(2, 3, dtype=DOUBLE)
+    config = FixedPointConfig(
+        k_fwd=10, solver_fwd="forward", tol_fwd=1e-6, jac_reg_weight=base, jac_reg_unconverged=3.0
+    )
+    with pytest.warns(RuntimeWarning, match="forward"):
+        _, info = solve_fixed_point(lambda z: a * z + x, torch.zeros(2, 3, dtype=DOUBLE), config)
+    assert info.forward.converged.tolist() == [True, False]
+    expected = (base * 0.1**2 + 3.0 * 0.99**2) / 2
+    assert info.jac_loss.item() == pytest.approx(expected)
+    (grad,) = torch.autograd.grad(info.jac_loss, a)
+    assert grad.flatten().tolist() == pytest.approx([base * 0.1, 3.0 * 0.99])
+
+
+def test_jacobian_regulariser_only_on_unconverged_samples_is_skipped_when_all_converge():
+    a = torch.tensor(0.1, dtype=DOUBLE, requires_grad=True)
+    config = FixedPointConfig(k_fwd=50, solver_fwd="forward", tol_fwd=1e-6, jac_reg_unconverged=3.0)
+    _, info = solve_fixed_point(lambda z: a * z + 1, torch.zeros(2, 3, dtype=DOUBLE), config)
+    assert info.forward.converged.all() and info.jac_loss is None
+
+
 def test_jacobian_estimate_on_linear_map_is_unbiased():
     torch.manual_seed(0)
     a = torch.randn(5, 5, dtype=DOUBLE)
@@ -246,6 +271,11 @@ def test_image_shaped_state_and_batch_converging_at_different_speeds(mode):
     assert x.grad.shape == x.shape and conv.weight.grad.abs().sum() > 0
     if mode == "implicit":
         assert info.forward.converged.all() and info.backward[0].final_residual.max() < 1e-6
+
+
+def test_config_validation_names_a_negative_regulariser_weight():
+    with pytest.raises(ValueError, match="jac_reg_unconverged"):
+        FixedPointConfig(jac_reg_unconverged=-1.0)
 
 
 def test_config_validation():

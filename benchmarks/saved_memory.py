@@ -1,0 +1,56 @@
+"""What an unrolled VIN / SymVIN keeps for backward: the max over Q by `channel_max` (argmax only) against `amax`.
+
+Counts the distinct storages autograd saves during one forward of default-size planners on 8 random 15x15 maps,
+at K = 30 and 120, in one process (the amax variant by swapping the steps' max function in):
+
+    python -m benchmarks.saved_memory
+"""
+
+from __future__ import annotations
+
+import torch
+
+import idp_agents.planners.symvin as symvin
+import idp_agents.planners.vin as vin
+from idp_agents.planners import make_planner
+from idp_agents.planners.base import channel_max
+
+PLANNERS = ("vin", "symvin")
+KS = (30, 120)
+
+
+def saved_mib(name: str, k: int) -> float:
+    """MiB of distinct storage autograd keeps for backward after one forward of the unrolled planner."""
+    torch.manual_seed(0)
+    planner = make_planner(name, k_fwd=k)
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        planner(torch.rand(8, 2, 15, 15))
+    return sum(storages.values()) / 2**20
+
+
+def measure(max_function) -> dict[tuple[str, int], float]:
+    vin.channel_max = symvin.channel_max = max_function
+    try:
+        return {(name, k): saved_mib(name, k) for name in PLANNERS for k in KS}
+    finally:
+        vin.channel_max = symvin.channel_max = channel_max
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    lean = measure(channel_max)
+    full = measure(lambda q: q.amax(dim=1, keepdim=True))
+    print("| planner | K | channel_max MiB | amax MiB | ratio |\n|---|---|---|---|---|")
+    for (name, k), mib in lean.items():
+        print(f"| {name} | {k} | {mib:.2f} | {full[name, k]:.2f} | {full[name, k] / mib:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -282,7 +282,7 @@ def solve_fixed_point(
         for _ in range(config.k_fwd):
             z = f(z)
         jac_loss = None
-        if jac_due:
+        if jac_due and config.jac_reg_weight:  # no solve, so no unconverged samples to weigh apart
             z_in = z.detach().requires_grad_()
             jac_loss = jacobian_frobenius_estimate(f(z_in), z_in, config.jac_reg_weight)
         return z, FixedPointInfo(forward=None, jac_loss=jac_loss)

@@ -189,6 +189,8 @@ def test_jacobian_regulariser_only_on_unconverged_samples_is_skipped_when_all_co
     config = FixedPointConfig(k_fwd=50, solver_fwd="forward", tol_fwd=1e-6, jac_reg_unconverged=3.0)
     _, info = solve_fixed_point(lambda z: a * z + 1, torch.zeros(2, 3, dtype=DOUBLE), config)
     assert info.forward.converged.all() and info.jac_loss is None
+    unrolled = FixedPointConfig(mode="unrolled", k_fwd=5, jac_reg_unconverged=3.0)  # no solve to miss
+    assert solve_fixed_point(lambda z: a * z + 1, torch.zeros(2, 3, dtype=DOUBLE), unrolled)[1].jac_loss is None
 
 
 def test_jacobian_estimate_on_linear_map_is_unbiased():

@@ -14,25 +14,17 @@ import idp_agents.planners.symvin as symvin
 import idp_agents.planners.vin as vin
 from idp_agents.planners import make_planner
 from idp_agents.planners.base import channel_max
+from idp_agents.training import autograd_saved_bytes
 
 PLANNERS = ("vin", "symvin")
 KS = (30, 120)
 
 
 def saved_mib(name: str, k: int) -> float:
-    """MiB of distinct storage autograd keeps for backward after one forward of the unrolled planner."""
+    """MiB autograd keeps for backward after one forward of the unrolled planner."""
     torch.manual_seed(0)
     planner = make_planner(name, k_fwd=k)
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        planner(torch.rand(8, 2, 15, 15))
-    return sum(storages.values()) / 2**20
+    return autograd_saved_bytes(lambda: planner(torch.rand(8, 2, 15, 15))) / 2**20
 
 
 def measure(max_function) -> dict[tuple[str, int], float]:

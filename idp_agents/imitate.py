@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="ConvGPPN: bound the hidden-gate filters so the step contracts by at most this factor (default: none)",
     )
-    add("--kernel", type=int, help="Bellman step kernel size (default 3)")
+    add("--kernel", type=int, help="Bellman step kernel size (default: VIN/SymVIN 5, ConvGPPN 3)")
     add("--group", help="SymVIN symmetry group: c4 | d4")
     add(
         "--discount",

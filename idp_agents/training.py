@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -124,3 +126,18 @@ def mapper_logits(mapper: torch.nn.Module, inputs, batch_size: int = 64, device=
             chunks.append(mapper(batch_rows(inputs, index).to(device)))
     mapper.train(was_training)
     return torch.cat(chunks)
+
+
+def autograd_saved_bytes(run: Callable[[], object]) -> int:
+    """Bytes of distinct storage that autograd saves for backward while ``run()`` executes (a tensor saved by
+    several operations, such as a weight reused by every layer, counts once)."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return sum(storages.values())

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from idp_agents.implicit import FixedPointConfig, FixedPointInfo
 from idp_agents.planners import PLANNERS, ConvGPPNStep, Planner, SymVINStep, VINStep, make_planner
 from idp_agents.planners.base import channel_max
+from idp_agents.training import autograd_saved_bytes
 from idp_envs import grid
 
 SMALL = {"vin": dict(l_h=8, l_q=8), "convgppn": dict(hidden=8), "symvin": dict(l_h=3, l_q=3)}
@@ -275,22 +276,12 @@ def test_channel_max_matches_amax_and_its_gradient_without_ties():
 
 
 def saved_bytes_per_layer(name: str, k: int, **hyper) -> int:
-    """Bytes of distinct storage the unrolled planner's autograd graph keeps for backward, per layer (the
-    difference of two depths; a weight saved by every layer counts once)."""
+    """Bytes the unrolled planner's autograd graph keeps for backward, per layer (the difference of two depths)."""
 
     def saved(depth: int) -> int:
         torch.manual_seed(0)
         planner = make_planner(name, k_fwd=depth, **hyper)
-        storages = {}
-
-        def pack(tensor: torch.Tensor) -> torch.Tensor:
-            storage = tensor.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            planner(torch.rand(2, 2, 9, 9))
-        return sum(storages.values())
+        return autograd_saved_bytes(lambda: planner(torch.rand(2, 2, 9, 9)))
 
     return (saved(2 * k) - saved(k)) // k
 

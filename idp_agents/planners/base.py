@@ -30,10 +30,10 @@ def check_positive(value: int, name: str) -> int:
     return value
 
 
-def check_discount(discount: float | None) -> float | None:
+def check_discount(discount: float | None, name: str = "discount") -> float | None:
     """Return `discount` if it is None (unbounded) or a number in (0, 1), else raise naming the problem."""
     if discount is not None and not (isinstance(discount, (int, float)) and 0 < discount < 1):
-        raise ValueError(f"discount must lie in (0, 1) or be None (unbounded value filter), got {discount!r}")
+        raise ValueError(f"{name} must lie in (0, 1) or be None (unbounded), got {discount!r}")
     return discount
 
 

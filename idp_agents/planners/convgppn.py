@@ -33,7 +33,7 @@ class ConvGPPNStep(BellmanStep):
         self, *, topology: str = "plane", hidden: int = 40, kernel: int = 3, contraction: float | None = None
     ) -> None:
         super().__init__(topology)
-        self.contraction = check_discount(contraction)
+        self.contraction = check_discount(contraction, "contraction")
         self.hidden = check_positive(hidden, "hidden")
         self.kernel = check_odd_kernel(kernel)
         self.encoder = nn.Sequential(

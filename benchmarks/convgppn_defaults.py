@@ -1,0 +1,64 @@
+"""ID-ConvGPPN's training step under the previous defaults (forward cap 80, Jacobian regulariser 0.1 on every sample)
+and today's (cap 200, regulariser 5 on the samples whose solve missed the tolerance), on the same trained weights.
+
+For each setting: median milliseconds of one training step (forward solve, cross-entropy plus regulariser, backward
+solve) over batches of 32 training maps, and the share of forward solves above tolerance, in one process:
+
+    python -m benchmarks.convgppn_defaults runs/bench_learning-cpu/maze15/id-convgppn/kdefault/seed0/last.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+from idp_agents.imitate import RunConfig, load_or_generate_dataset, split_data
+from idp_agents.implicit import NonConvergenceWarning
+from idp_agents.planners import make_planner
+from idp_agents.policy import PlannerPolicy
+from idp_agents.training import imitation_loss
+
+SETTINGS = {
+    "previous (cap 80, 0.1 everywhere)": {"k_fwd": 80, "jac_reg_weight": 0.1, "jac_reg_unconverged": None},
+    "today (cap 200, 5 where unconverged)": {},
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.convgppn_defaults", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--batches", type=int, default=8)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    trained = PlannerPolicy.load(args.checkpoint)
+    run = trained.config["run"]
+    config = RunConfig(env=run["env"], train=run["train"], val=run["val"], test=run["test"], seed=run["seed"])
+    splits, _ = load_or_generate_dataset(config)
+    train = split_data(splits["train"], None, torch.device("cpu"))
+    print("| setting | step ms (median) | forward solves above tolerance |\n|---|---|---|")
+    for label, changes in SETTINGS.items():
+        planner = make_planner("id-convgppn", topology=trained.planner.topology, **changes)
+        planner.load_state_dict(trained.planner.state_dict())
+        times, missed, solved = [], 0, 0
+        for batch in range(args.batches):
+            rows = slice(32 * batch, 32 * (batch + 1))
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NonConvergenceWarning)
+                out = planner(train["maps"][rows])
+                loss = imitation_loss(out.logits, train["optimal_actions"][rows])
+                if out.info.jac_loss is not None:
+                    loss = loss + out.info.jac_loss
+                loss.backward()
+            times.append(1000 * (time.perf_counter() - start))
+            missed += int((~out.info.forward.converged).sum())
+            solved += out.info.forward.converged.numel()
+        print(f"| {label} | {statistics.median(times):.0f} | {100 * missed / solved:.2f}% |")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,12 +4,14 @@ For each planner (vin, convgppn, symvin) x {unrolled, implicit} x map size x K, 
 (cross-entropy of the action logits against random labels) on random maps: the forward pass, then
 ``loss.backward()``, each timed separately; the median over ``--repeats`` runs after one warm-up run.
 Implicit planners use fixed budgets (k_fwd = K forward-solver iterations, k_bwd = 15, no tolerances), so their
-times are comparable across K.
+times are comparable across K; ``--tol 1e-4`` stops both solves at that relative residual instead, as training does.
 
 Peak memory is measured in a separate, untimed forward + backward: on CUDA from the caching allocator's
 statistics (max_memory_allocated minus what was allocated before); on the CPU from torch.profiler's memory events
 (every CPU allocator allocation and free during the pass, summed in time order; peak of live bytes above the
-start). Parameters and input maps, allocated before, are not counted in either.
+start). Parameters and input maps, allocated before, are not counted in either. A third untimed step counts the
+host synchronisations (scalar reads and nonzero) and top-level operator calls with torch.profiler
+(``training.count_host_syncs_and_ops``); those counts are the same on a CPU and a GPU.
 
 Writes ``planners.csv`` and ``planners.png`` (backward time and peak memory vs K, one panel per size, unrolled
 dashed, implicit solid) to ``--out`` and prints the table::
@@ -35,6 +37,7 @@ from tqdm import tqdm
 
 from idp_agents.implicit import FixedPointConfig
 from idp_agents.planners import Planner, make_planner
+from idp_agents.training import count_host_syncs_and_ops
 
 PLANNER_NAMES = ("vin", "convgppn", "symvin")
 MODES = ("unrolled", "implicit")
@@ -54,10 +57,13 @@ class Measurement:
     k_bwd: int
     solver_fwd: str
     solver_bwd: str
+    tol: float | None
     forward_ms: float
     backward_ms: float
     peak_memory_mb: float
     memory_method: str
+    host_syncs: int
+    operators: int
     repeats: int
 
 
@@ -71,9 +77,11 @@ def random_maps(batch: int, size: int, generator: torch.Generator) -> tuple[Tens
     return torch.stack([obstacles, goal], dim=1), labels
 
 
-def build_planner(name: str, mode: str, k: int, k_bwd: int, solver_fwd: str, solver_bwd: str) -> Planner:
+def build_planner(
+    name: str, mode: str, k: int, k_bwd: int, solver_fwd: str, solver_bwd: str, tol: float | None = None
+) -> Planner:
     fixed_point = FixedPointConfig(
-        k_fwd=k, k_bwd=k_bwd, solver_fwd=solver_fwd, solver_bwd=solver_bwd, tol_fwd=None, tol_bwd=None
+        k_fwd=k, k_bwd=k_bwd, solver_fwd=solver_fwd, solver_bwd=solver_bwd, tol_fwd=tol, tol_bwd=tol
     )
     return make_planner(name if mode == "unrolled" else f"id-{name}", fixed_point=fixed_point)
 
@@ -116,12 +124,14 @@ def peak_memory_bytes(planner: Planner, maps: Tensor, labels: Tensor) -> int:
 
 def measure(name: str, mode: str, size: int, k: int, args: argparse.Namespace, device: torch.device) -> Measurement:
     torch.manual_seed(args.seed)
-    planner = build_planner(name, mode, k, args.k_bwd, args.solver_fwd, args.solver_bwd).to(device)
+    planner = build_planner(name, mode, k, args.k_bwd, args.solver_fwd, args.solver_bwd, args.tol).to(device)
     maps, labels = random_maps(args.batch, size, torch.Generator().manual_seed(args.seed))
     maps, labels = maps.to(device), labels.to(device)
     timed_step(planner, maps, labels)
     times = [timed_step(planner, maps, labels) for _ in range(args.repeats)]
     peak = peak_memory_bytes(planner, maps, labels)
+    planner.zero_grad(set_to_none=True)
+    syncs, operators = count_host_syncs_and_ops(lambda: F.cross_entropy(planner(maps).logits, labels).backward())
     return Measurement(
         planner=name,
         mode=mode,
@@ -132,10 +142,13 @@ def measure(name: str, mode: str, size: int, k: int, args: argparse.Namespace, d
         k_bwd=args.k_bwd if mode == "implicit" else 0,
         solver_fwd=args.solver_fwd if mode == "implicit" else "",
         solver_bwd=args.solver_bwd if mode == "implicit" else "",
+        tol=args.tol if mode == "implicit" else None,
         forward_ms=1e3 * statistics.median(t[0] for t in times),
         backward_ms=1e3 * statistics.median(t[1] for t in times),
         peak_memory_mb=peak / 2**20,
         memory_method=MEMORY_METHODS[device.type if device.type == "cuda" else "cpu"],
+        host_syncs=syncs,
+        operators=operators,
         repeats=args.repeats,
     )
 
@@ -184,12 +197,15 @@ def plot(rows: Sequence[Measurement], path: Path) -> None:
 
 
 def format_table(rows: Sequence[Measurement]) -> str:
-    header = f"{'planner':<9} {'mode':<9} {'size':>4} {'K':>4} {'fwd ms':>9} {'bwd ms':>9} {'peak MiB':>9}"
+    header = (
+        f"{'planner':<9} {'mode':<9} {'size':>4} {'K':>4} {'fwd ms':>9} {'bwd ms':>9} {'peak MiB':>9} "
+        f"{'syncs':>6} {'ops':>7}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r.planner:<9} {r.mode:<9} {r.size:>4} {r.k:>4} {r.forward_ms:>9.1f} {r.backward_ms:>9.1f} "
-            f"{r.peak_memory_mb:>9.1f}"
+            f"{r.peak_memory_mb:>9.1f} {r.host_syncs:>6} {r.operators:>7}"
         )
     return "\n".join(lines)
 
@@ -203,6 +219,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k-bwd", type=int, default=15, help="backward-solver iterations of implicit planners")
     parser.add_argument("--solver-fwd", default="anderson")
     parser.add_argument("--solver-bwd", default="anderson")
+    parser.add_argument("--tol", type=float, default=None, help="tolerance of both implicit solves (default: none)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 8 on the CPU, 32 on CUDA)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
     parser.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")

@@ -78,6 +78,8 @@ class RunConfig:
     gradient: str = FixedPointConfig.gradient
     jac_reg: float | None = None
     jac_reg_unconverged: float | None = None
+    spectral_reg: float | None = None
+    spectral_target: float | None = None
     on_divergence: str = FixedPointConfig.on_divergence
     l_h: int | None = None
     l_q: int | None = None
@@ -133,6 +135,8 @@ class RunConfig:
             ("k_fwd", self.k_fwd),
             ("jac_reg_weight", self.jac_reg),
             ("jac_reg_unconverged", self.jac_reg_unconverged),
+            ("spectral_reg_weight", self.spectral_reg),
+            ("spectral_target", self.spectral_target),
         )
         for key, value in planner_defaulted:
             if value is not None:
@@ -192,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="weight of the Jacobian regulariser on the samples whose forward solve missed --tol-fwd instead "
         f"(default: --jac-reg; id-convgppn {PLANNERS['id-convgppn'].defaults['jac_reg_unconverged']})",
+    )
+    add(
+        "--spectral-reg",
+        type=float,
+        help="weight of the penalty relu(rho - --spectral-target)^2 on each sample's spectral radius rho at its fixed "
+        f"point (default: the planner's; id-convgppn {PLANNERS['id-convgppn'].defaults.get('spectral_reg_weight', 0)})",
+    )
+    add(
+        "--spectral-target",
+        type=float,
+        help=f"spectral radius above which --spectral-reg penalises (default {FixedPointConfig.spectral_target})",
     )
     add(
         "--on-divergence",
@@ -454,6 +469,8 @@ COMPARED_ON_RESUME = (
     "tol_bwd",
     "jac_reg",
     "jac_reg_unconverged",
+    "spectral_reg",
+    "spectral_target",
     "clip",
     "on_divergence",
     "mapper_epochs",
@@ -497,6 +514,9 @@ def load_or_generate_dataset(config: RunConfig) -> tuple[dict, dict]:
 
 def split_data(batch: TaskBatch, input_key: str | None, device: torch.device) -> dict:
     """A split's tensors on ``device``; a mapper's input stays a memory map when it is one (read per batch)."""
+    unlabelled = int((~batch.optimal_actions.reshape(len(batch.optimal_actions), -1).any(axis=1)).sum())
+    if unlabelled:
+        raise ValueError(f"{unlabelled} maps of the dataset have no cell with an optimal action (goal unreachable)")
     eager = {k: v for k, v in batch.extras.items() if not isinstance(v, np.memmap)}
     data = task_tensors(TaskBatch(*(getattr(batch, k) for k in TaskBatch.ARRAYS), batch.topology, eager), device)
     if input_key is not None:

@@ -26,6 +26,7 @@ __all__ = [
     "NonConvergenceWarning",
     "jacobian_frobenius_estimate",
     "solve_fixed_point",
+    "spectral_radius_penalty",
     "spectral_radius",
 ]
 
@@ -47,10 +48,13 @@ class FixedPointConfig:
     (Geng et al., 2021); 1.0 with one step is the one-step (Jacobian-free) gradient. The Jacobian regulariser
     (Bai et al., 2021) weighs each sample by ``jac_reg_weight``, or by ``jac_reg_unconverged`` (when set) if its
     forward solve missed ``tol_fwd``: a pull toward a contraction where the fixed point is being lost that leaves
-    the samples where it holds alone. The ``jac_reg_every``
-    schedule counts the grad-enabled calls made with this config object. ``forward_dtype`` ("bfloat16" or
-    "float16") runs the implicit forward solve's steps under autocast to that dtype (meant for CUDA), casting each
-    step's output back to the state's dtype; the final step with autograd and the backward stay in full precision.
+    the samples where it holds alone. The spectral penalty ``spectral_reg_weight`` * relu(rho - ``spectral_target``)^2
+    acts on each sample's spectral radius rho of J at z* (``spectral_iterations`` steps of power iteration): it
+    keeps the fixed point attracting, which a bound on ||J||_F only implies far from it. Both regularisers follow the
+    ``jac_reg_every`` schedule, which counts the grad-enabled calls made with this config object. ``forward_dtype``
+    ("bfloat16" or "float16") runs the implicit forward solve's steps under autocast to that dtype (meant for CUDA),
+    casting each step's output back to the state's dtype; the final step with autograd and the backward stay in full
+    precision.
     """
 
     mode: str = "implicit"
@@ -66,6 +70,9 @@ class FixedPointConfig:
     jac_reg_weight: float = 0.0
     jac_reg_unconverged: float | None = None
     jac_reg_every: int = 1
+    spectral_reg_weight: float = 0.0
+    spectral_target: float = 0.9
+    spectral_iterations: int = 8
     on_divergence: str = "raise"
     forward_dtype: str | None = None
 
@@ -85,7 +92,7 @@ class FixedPointConfig:
         for name, (value, valid) in choices.items():
             if value not in valid:
                 raise ValueError(f"FixedPointConfig.{name}={value!r} is not one of {', '.join(valid)}")
-        for name in ("k_fwd", "k_bwd", "phantom_steps", "jac_reg_every"):
+        for name in ("k_fwd", "k_bwd", "phantom_steps", "jac_reg_every", "spectral_iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FixedPointConfig.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("tol_fwd", "tol_bwd"):
@@ -97,10 +104,12 @@ class FixedPointConfig:
                 f"FixedPointConfig.forward_dtype={self.forward_dtype!r} is not None or one of "
                 f"{', '.join(FORWARD_DTYPES)}"
             )
-        for name in ("jac_reg_weight", "jac_reg_unconverged"):
+        for name in ("jac_reg_weight", "jac_reg_unconverged", "spectral_reg_weight"):
             weight = getattr(self, name)
             if weight is not None and weight < 0:
                 raise ValueError(f"FixedPointConfig.{name} must be non-negative, got {weight}")
+        if not self.spectral_target > 0:
+            raise ValueError(f"FixedPointConfig.spectral_target must be positive, got {self.spectral_target}")
         if not 0 < self.phantom_damping <= 1:
             raise ValueError(f"FixedPointConfig.phantom_damping must lie in (0, 1], got {self.phantom_damping}")
 
@@ -110,8 +119,9 @@ class FixedPointInfo:
     """Diagnostics of one fixed-point layer call; ``backward`` fills in once ``loss.backward()`` ran."""
 
     forward: SolverInfo | None
-    jac_loss: Tensor | None
+    jac_loss: Tensor | None  # the Jacobian regularisers' weighted loss (Frobenius and spectral), to add to the loss
     backward: list[SolverInfo] = field(default_factory=list)
+    spectral_estimate: Tensor | None = None  # (B,) the spectral penalty's rho at z*, when it ran
 
 
 def jacobian_frobenius_estimate(fz: Tensor, z: Tensor, weight: Tensor | float = 1.0) -> Tensor:
@@ -131,7 +141,7 @@ def jacobian_weights(config: FixedPointConfig, forward: SolverInfo) -> Tensor | 
     (when both are set), ``jac_reg_weight`` elsewhere; None when every weight is zero."""
     if config.jac_reg_unconverged is None or config.tol_fwd is None:
         return config.jac_reg_weight or None
-    if config.jac_reg_weight == 0 and bool(forward.converged.all()):
+    if config.jac_reg_weight == 0 and forward.flags()[0]:
         return None
     weight = torch.where(forward.converged, config.jac_reg_weight, config.jac_reg_unconverged)
     return weight.to(forward.final_residual.dtype)
@@ -144,7 +154,7 @@ class NonConvergenceWarning(RuntimeWarning):
 
 def _check_convergence(info: SolverInfo, what: str, tol: float | None) -> None:
     """Warn (once per process, by the default warning filter) when a toleranced solve missed its tolerance."""
-    if tol is None or bool(info.converged.all()):
+    if tol is None or info.flags()[0]:
         return
     warnings.warn(
         f"a {what} fixed-point solve ended above its tolerance for some samples; per-solve counts and residuals are "
@@ -153,6 +163,26 @@ def _check_convergence(info: SolverInfo, what: str, tol: float | None) -> None:
         NonConvergenceWarning,
         stacklevel=3,
     )
+
+
+def _per_sample_norm(v: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(v.flatten(1), dim=1)
+
+
+def _unit(v: Tensor) -> Tensor:
+    norm = _per_sample_norm(v).clamp_min(torch.finfo(v.dtype).tiny)
+    return v / norm.view(-1, *([1] * (v.dim() - 1)))
+
+
+def _power_iteration(fz: Tensor, z: Tensor, v: Tensor, iterations: int) -> tuple[Tensor, list[Tensor]]:
+    """``iterations`` steps v <- J^T v / ||v|| through fz's graph (kept); the last unit vector and each step's
+    log growth ||J^T v|| per sample."""
+    log_growth = []
+    for _ in range(iterations):
+        v = _unit(v)
+        (v,) = torch.autograd.grad(fz, z, v, retain_graph=True)
+        log_growth.append(torch.log(_per_sample_norm(v)))
+    return _unit(v), log_growth
 
 
 def spectral_radius(f: Callable[[Tensor], Tensor], z: Tensor, iterations: int = 40, seed: int = 0) -> Tensor:
@@ -169,19 +199,43 @@ def spectral_radius(f: Callable[[Tensor], Tensor], z: Tensor, iterations: int = 
     with torch.enable_grad():
         fz = f(z)
     v = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-    log_growth = []
-    for _ in range(iterations):
-        norm = torch.linalg.vector_norm(v.flatten(1), dim=1).clamp_min(torch.finfo(z.dtype).tiny)
-        v = v / norm.view(-1, *([1] * (z.dim() - 1)))
-        (v,) = torch.autograd.grad(fz, z, v, retain_graph=True)
-        log_growth.append(torch.log(torch.linalg.vector_norm(v.flatten(1), dim=1)))
+    _, log_growth = _power_iteration(fz, z, v, iterations)
     return torch.stack(log_growth[iterations // 2 :]).mean(dim=0).exp().detach()
 
 
+def spectral_radius_penalty(fz: Tensor, z: Tensor, target: float, iterations: int) -> tuple[Tensor, Tensor]:
+    """Differentiable penalty mean_b relu(rho_b - target)^2 on each sample's spectral radius at z, and rho (B,).
+
+    rho_b = ||J^T v_b|| for the unit vector v_b that ``iterations`` steps of power iteration (without a graph) leave;
+    only that last product is differentiated, so the cost is ``iterations`` vector-Jacobian products plus one with
+    create_graph. ``z`` must require grad and ``fz`` = f(z) depend on it.
+    """
+    v, _ = _power_iteration(fz, z, torch.randn_like(z), iterations)
+    (product,) = torch.autograd.grad(fz, z, v, create_graph=True)
+    rho = _per_sample_norm(product)
+    return torch.relu(rho - target).pow(2).mean(), rho.detach()
+
+
+def _add_regularisers(
+    info: FixedPointInfo, fz: Tensor, z: Tensor, jac_weight: Tensor | float | None, config: FixedPointConfig
+) -> None:
+    """Set ``info.jac_loss`` to the weighted Frobenius and spectral penalties at z that are on (None if neither)."""
+    losses = []
+    if jac_weight is not None:
+        losses.append(jacobian_frobenius_estimate(fz, z, jac_weight))
+    if config.spectral_reg_weight > 0:
+        penalty, info.spectral_estimate = spectral_radius_penalty(
+            fz, z, config.spectral_target, config.spectral_iterations
+        )
+        losses.append(config.spectral_reg_weight * penalty)
+    if losses:
+        info.jac_loss = sum(losses[1:], losses[0])
+
+
 def _check_divergence(info: SolverInfo, what: str, solver: str, policy: str) -> None:
-    diverged = info.diverged
-    if not bool(diverged.any()):
+    if not info.flags()[1]:
         return
+    diverged = info.diverged
     worst = info.residuals[:, diverged].abs().nan_to_num(nan=float("inf")).max().item()
     message = (
         f"{what} solver {solver!r} diverged for {int(diverged.sum())} of {diverged.numel()} samples "
@@ -194,7 +248,7 @@ def _check_divergence(info: SolverInfo, what: str, solver: str, policy: str) -> 
 
 def _jac_loss_due(config: FixedPointConfig) -> bool:
     """Count a training call; True when this one should compute the Jacobian regulariser."""
-    if config.jac_reg_weight == 0 and not config.jac_reg_unconverged:
+    if config.jac_reg_weight == 0 and not config.jac_reg_unconverged and config.spectral_reg_weight == 0:
         return False
     due = config._training_calls % config.jac_reg_every == 0
     config._training_calls += 1
@@ -281,11 +335,12 @@ def solve_fixed_point(
         z = z0
         for _ in range(config.k_fwd):
             z = f(z)
-        jac_loss = None
-        if jac_due and config.jac_reg_weight:  # no solve, so no unconverged samples to weigh apart
+        info = FixedPointInfo(forward=None, jac_loss=None)
+        if jac_due and (config.jac_reg_weight or config.spectral_reg_weight):
+            # at the last layer's state; no solve, so no unconverged samples to weigh apart
             z_in = z.detach().requires_grad_()
-            jac_loss = jacobian_frobenius_estimate(f(z_in), z_in, config.jac_reg_weight)
-        return z, FixedPointInfo(forward=None, jac_loss=jac_loss)
+            _add_regularisers(info, f(z_in), z_in, config.jac_reg_weight or None, config)
+        return z, info
 
     with torch.no_grad():
         f_solve = f if config.forward_dtype is None else _autocast_step(f, z0, FORWARD_DTYPES[config.forward_dtype])
@@ -298,10 +353,11 @@ def solve_fixed_point(
         return (fz if config.gradient == "implicit" else _damped_steps(f, z_star, fz, config)), info
 
     jac_weight = jacobian_weights(config, forward_info) if jac_due else None
-    z_star = z_star.requires_grad_(config.gradient == "implicit" or jac_weight is not None)
+    spectral_due = jac_due and config.spectral_reg_weight > 0
+    z_star = z_star.requires_grad_(config.gradient == "implicit" or jac_weight is not None or spectral_due)
     fz = f(z_star)
-    if jac_weight is not None:
-        info.jac_loss = jacobian_frobenius_estimate(fz, z_star, jac_weight)
+    if jac_due:
+        _add_regularisers(info, fz, z_star, jac_weight, config)
     if config.gradient == "phantom":
         return _damped_steps(f, z_star, fz, config), info
     if not fz.requires_grad:

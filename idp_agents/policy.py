@@ -43,8 +43,9 @@ def legacy_planner_kwargs(config: dict) -> dict:
     """A checkpoint's planner settings; one written before imitate recorded every resolved setting (it has no
     ``discount`` or ``contraction`` key) gets the step defaults of its time, not today's."""
     kwargs = dict(config["planner_kwargs"])
-    if "jac_reg_weight" in kwargs:  # resolved settings from before the per-sample regulariser: it was off
+    if "jac_reg_weight" in kwargs:  # resolved settings from before the per-sample and spectral regularisers: off
         kwargs.setdefault("jac_reg_unconverged", None)
+        kwargs.setdefault("spectral_reg_weight", 0.0)
     if "discount" in kwargs or "contraction" in kwargs:
         return kwargs
     accepted = step_hyperparameters(PLANNERS[config["planner"]].step)

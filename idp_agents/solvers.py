@@ -6,8 +6,10 @@ floating dtype, and build no autograd graph. An iteration is one evaluation of `
 
 Convergence is measured every ``check_every`` iterations and at the last one, by the relative residual
 ``||f(z) - z|| / (||f(z)|| + 1e-12)`` of the iterate ``z`` at which ``f`` was evaluated. Only when ``tol`` is set is
-that residual read on the host (one sync per check), to stop once every sample has converged or diverged; with
+anything read on the host (one transfer per check), to stop once every sample has converged or diverged; with
 ``tol=None`` the full budget runs without any device-to-host synchronisation, and divergence is only flagged.
+``SolverInfo.flags()`` gives the caller "all converged" and "any diverged" without a further read when the last
+check already made one.
 Each solver returns, per sample, the checked iterate with the lowest residual, so a solver that degrades
 (Anderson or Broyden overshooting, a step producing NaN) still returns its best point.
 
@@ -55,6 +57,14 @@ def clear_workspaces() -> None:
     _workspaces.clear()
 
 
+def _read_flags(*flags: Tensor) -> tuple[bool, ...]:
+    """Boolean scalars read on the host in one transfer (packed into one integer's bits, read with ``item``, the op
+    that profilers count as a host synchronisation on every device)."""
+    bits = sum(flag.to(torch.int64) << i for i, flag in enumerate(flags))
+    packed = int(bits.item())
+    return tuple(bool(packed >> i & 1) for i in range(len(flags)))
+
+
 @dataclass
 class SolverInfo:
     """What a solve did: iterations run, per-check residuals, and which samples converged or diverged.
@@ -67,6 +77,14 @@ class SolverInfo:
     residuals: Tensor
     converged: Tensor
     diverged: Tensor
+    host_flags: tuple[bool, bool] | None = None  # (converged.all(), diverged.any()), once read on the host
+
+    def flags(self) -> tuple[bool, bool]:
+        """(every sample converged, some sample diverged) as Python bools. A solve with a tolerance read them at its
+        last check; otherwise they are read here, once, in one transfer."""
+        if self.host_flags is None:
+            self.host_flags = _read_flags(self.converged.all(), self.diverged.any())
+        return self.host_flags
 
     @property
     def final_residual(self) -> Tensor:
@@ -88,6 +106,7 @@ class _ConvergenceMonitor:
         self.reference: Tensor | None = None
         self.residuals: list[Tensor] = []
         self.iterations = 0
+        self.host_flags: tuple[bool, bool] | None = None
 
     def observe(self, iteration: int, x: Tensor, fx: Tensor) -> bool:
         """Take note of f(x) at 1-based ``iteration``; True when every sample has converged or diverged."""
@@ -110,7 +129,11 @@ class _ConvergenceMonitor:
         self.residuals.append(relative)
         if self.tol is None:
             return False
-        return bool(((self.best_residual <= self.tol) | self.diverged).all())
+        converged = self.best_residual <= self.tol
+        # One read per check: whether to stop, and the flags the caller reports from when this check is the last.
+        done, *flags = _read_flags((converged | self.diverged).all(), converged.all(), self.diverged.any())
+        self.host_flags = tuple(flags)
+        return done
 
     def result(self, shape: torch.Size) -> tuple[Tensor, SolverInfo]:
         residuals = torch.stack(self.residuals)
@@ -119,7 +142,7 @@ class _ConvergenceMonitor:
             converged = torch.zeros_like(self.diverged)
         else:
             converged = self.best_residual <= self.tol
-        info = SolverInfo(self.iterations, residuals, converged, self.diverged)
+        info = SolverInfo(self.iterations, residuals, converged, self.diverged, self.host_flags)
         return self.best.reshape(shape), info
 
 
@@ -183,9 +206,12 @@ def anderson(
 ) -> tuple[Tensor, SolverInfo]:
     """Anderson acceleration with memory ``m``, mixing ``beta`` and Tikhonov regularisation ``lam``.
 
-    Each step solves, per sample, the bordered (n+1)x(n+1) system for the weights alpha (sum 1) minimising
-    ||G alpha||^2 + reg ||alpha||^2 over the last n <= m residuals G = F - X. The regularisation is
-    ``lam`` times the mean squared residual norm in the history, so it is independent of the state's scale.
+    Each step finds, per sample, the weights alpha (sum 1) minimising ||G alpha||^2 + reg ||alpha||^2 over the last
+    n <= m residuals G = F - X: alpha = H^-1 1 / (1^T H^-1 1) with H = G G^T + reg I, which is symmetric positive
+    definite, so a Cholesky factorisation and two triangular solves find it without reading anything on the host
+    (LU-based solves check their pivots on the host on the CPU). A sample whose H does not factor takes the plain
+    step x <- f(x) instead. The regularisation is ``lam`` times the mean squared residual norm in the history, so it
+    is independent of the state's scale.
     """
     _validate(z0, max_iter, tol, check_every)
     if m < 1:
@@ -200,17 +226,13 @@ def anderson(
 
     def build() -> tuple[Tensor, ...]:
         # Every entry of the history and the Gram matrix is written before it is read: empty is enough.
-        bordered = x.new_zeros(batch, m + 1, m + 1)
-        bordered[:, 0, 1:] = 1
-        bordered[:, 1:, 0] = 1
-        rhs = x.new_zeros(batch, m + 1, 1)
-        rhs[:, 0] = 1
         history = x.new_empty(batch, m, x.shape[1])
-        return history, torch.empty_like(history), x.new_empty(batch, m, m), bordered, rhs
+        identity = torch.eye(m, dtype=x.dtype, device=x.device).expand(batch, m, m)
+        return history, torch.empty_like(history), x.new_empty(batch, m, m), identity, x.new_ones(batch, m, 1)
 
     key = ("anderson", batch, x.shape[1], m, x.dtype, x.device)
     workspace = _take_workspace(key, build)
-    history_x, history_g, gram, bordered, rhs = workspace
+    history_x, history_g, gram, identity, ones = workspace
     tiny = torch.finfo(x.dtype).tiny ** 0.5
     monitor = _ConvergenceMonitor(x, max_iter, tol, check_every)
     for iteration in range(1, max_iter + 1):
@@ -226,13 +248,22 @@ def anderson(
         gram[:, slot, :n] = new_row
         gram[:, :n, slot] = new_row
         reg = lam * torch.diagonal(gram[:, :n, :n], dim1=1, dim2=2).mean(dim=1) + tiny
-        system = bordered[:, : n + 1, : n + 1].clone()
-        system[:, 1:, 1:] = gram[:, :n, :n] + reg[:, None, None] * torch.eye(n, dtype=x.dtype, device=x.device)
-        alpha = torch.linalg.solve_ex(system, rhs[:, : n + 1])[0][:, 1:, 0]
+        h = gram[:, :n, :n] + reg[:, None, None] * identity[:, :n, :n]
+        alpha = _anderson_weights(h, ones[:, :n], fallback=identity[0, slot, :n])
         # beta * sum(alpha F) + (1 - beta) * sum(alpha X), with F = X + G
         x = torch.bmm(alpha[:, None], xs)[:, 0] + beta * torch.bmm(alpha[:, None], gs)[:, 0]
     _give_workspace(key, workspace)
     return monitor.result(z0.shape)
+
+
+def _anderson_weights(h: Tensor, ones: Tensor, fallback: Tensor) -> Tensor:
+    """(B, n) weights H^-1 1 / (1^T H^-1 1) for the SPD matrices H (B, n, n); ``fallback`` (n,) where H does not
+    factor. Cholesky and triangular solves only: no host reads."""
+    factor, failed = torch.linalg.cholesky_ex(h)
+    y = torch.linalg.solve_triangular(factor, ones, upper=False)
+    y = torch.linalg.solve_triangular(factor.mT, y, upper=True)[..., 0]
+    alpha = y / y.sum(dim=1, keepdim=True)
+    return torch.where((failed == 0)[:, None], alpha, fallback)
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -20,21 +21,20 @@ def imitation_loss(logits: Tensor, optimal: Tensor) -> Tensor:
 
     Each cell contributes -log P(an optimal action) = -log sum_{a optimal} softmax(logits)_a, so ties between
     equally short paths are not broken arbitrarily; with one optimal action it is the usual cross-entropy.
-    ``logits`` (B, 4, H, W), ``optimal`` (B, 4, H, W) bool.
+    ``logits`` (B, 4, H, W), ``optimal`` (B, 4, H, W) bool. A batch without any labelled cell gives 0. Nothing is
+    read on the host (no boolean indexing), so a training step does not wait for the device here.
     """
     cells = optimal.any(dim=1)
-    if not cells.any():
-        raise ValueError("no cell in the batch has an optimal action (every goal unreachable?)")
     log_p = F.log_softmax(logits.float(), dim=1)
     log_p_optimal = torch.logsumexp(log_p.masked_fill(~optimal, float("-inf")), dim=1)
-    return -log_p_optimal[cells].mean()
+    return -log_p_optimal.masked_fill(~cells, 0).sum() / cells.sum().clamp_min(1)
 
 
 def action_accuracy(logits: Tensor, optimal: Tensor) -> Tensor:
     """Fraction of cells with an optimal action where the argmax action is one of them."""
     cells = optimal.any(dim=1)
     hit = optimal.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
-    return hit[cells].float().mean()
+    return (hit & cells).sum() / cells.sum().clamp_min(1)
 
 
 class FixedPointStats:
@@ -141,3 +141,24 @@ def autograd_saved_bytes(run: Callable[[], object]) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         run()
     return sum(storages.values())
+
+
+# Operators that make the host wait for the device: reading a scalar (item, bool(), int()), and nonzero, whose
+# output size depends on the data (boolean indexing, masked_select). Counted as they run, on any device.
+HOST_SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero")
+
+
+def count_host_syncs_and_ops(run: Callable[[], object]) -> tuple[int, int]:
+    """(host synchronisations, top-level operator calls) while ``run()`` executes, from torch.profiler's CPU events.
+
+    The counts depend on the code path, not on the device, so a CPU count is the CUDA count. Top-level operators are
+    aten calls not made from inside another aten call: about one kernel launch each on a GPU (more for composite
+    ones such as a convolution's backward).
+    """
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # else the profiler writes 'USDT: profiler_start' lines to stderr
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run()
+    events = [e for e in profile.events() if e.name.startswith("aten::")]
+    syncs = sum(e.name in HOST_SYNC_OPS for e in events)
+    top_level = sum(e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::") for e in events)
+    return syncs, top_level

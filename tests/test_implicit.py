@@ -6,7 +6,13 @@ import warnings
 import pytest
 import torch
 
-from idp_agents.implicit import FixedPointConfig, FixedPointInfo, jacobian_frobenius_estimate, solve_fixed_point
+from idp_agents.implicit import (
+    FixedPointConfig,
+    FixedPointInfo,
+    jacobian_frobenius_estimate,
+    solve_fixed_point,
+    spectral_radius_penalty,
+)
 
 DOUBLE = torch.float64
 
@@ -193,6 +199,50 @@ def test_jacobian_regulariser_only_on_unconverged_samples_is_skipped_when_all_co
     assert solve_fixed_point(lambda z: a * z + 1, torch.zeros(2, 3, dtype=DOUBLE), unrolled)[1].jac_loss is None
 
 
+def test_spectral_penalty_finds_each_samples_radius_and_only_penalises_above_the_target():
+    # Symmetric maps with spectral radii 0.2, 0.85 and 1.3 (a real dominant eigenvalue, which power iteration finds)
+    torch.manual_seed(0)
+    q = torch.linalg.qr(torch.randn(3, 6, 6, dtype=DOUBLE)).Q
+    spectrum = torch.linspace(-0.5, 1.0, 6, dtype=DOUBLE) * torch.tensor([0.2, 0.85, 1.3], dtype=DOUBLE)[:, None]
+    a = (q @ torch.diag_embed(spectrum) @ q.transpose(1, 2)).requires_grad_()
+    z = torch.randn(3, 6, dtype=DOUBLE, requires_grad=True)
+    penalty, rho = spectral_radius_penalty(torch.einsum("bij,bj->bi", a, z), z, target=0.9, iterations=200)
+    exact = torch.linalg.eigvals(a.detach()).abs().max(dim=1).values
+    assert torch.allclose(rho, exact, rtol=1e-3)
+    assert penalty.item() == pytest.approx(torch.relu(exact - 0.9).pow(2).mean().item(), rel=1e-3)
+    (grad,) = torch.autograd.grad(penalty, a)
+    below = exact < 0.9
+    assert below.any() and (grad[below] == 0).all() and (grad[~below] != 0).any()
+
+
+def test_spectral_penalty_pulls_a_repelling_step_into_a_contraction():
+    # tanh(W z + U x) with ||W||_2 = 2.5: two of three fixed points repel (radius 1.21 and 1.24; Anderson finds
+    # them anyway). The penalty alone, by gradient descent on W, brings every radius under 0.9.
+    layer = TanhLayer(scale=2.5)
+    config = FixedPointConfig(k_fwd=200, tol_fwd=1e-10, spectral_reg_weight=1.0, spectral_target=0.8)
+    ux = layer.x @ layer.u.T
+
+    def radii() -> list[float]:
+        z_star = layer.solve(config)[0].detach()
+        jacobian = torch.autograd.functional.jacobian(lambda z: layer.step(z, ux), z_star)
+        return [torch.linalg.eigvals(jacobian[b, :, b, :]).abs().max().item() for b in range(3)]
+
+    assert max(radii()) > 1.2
+    optimiser = torch.optim.SGD([layer.w], lr=0.2)
+    torch.manual_seed(0)
+    for _ in range(60):
+        optimiser.zero_grad()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _, info = layer.solve(config)
+        info.jac_loss.backward()
+        optimiser.step()
+    _, info = layer.solve(config)
+    assert info.forward.converged.all()
+    assert max(radii()) < 0.9
+    assert info.spectral_estimate is not None and (info.spectral_estimate < 0.9).all()
+
+
 def test_jacobian_estimate_on_linear_map_is_unbiased():
     torch.manual_seed(0)
     a = torch.randn(5, 5, dtype=DOUBLE)
@@ -278,6 +328,10 @@ def test_image_shaped_state_and_batch_converging_at_different_speeds(mode):
 def test_config_validation_names_a_negative_regulariser_weight():
     with pytest.raises(ValueError, match="jac_reg_unconverged"):
         FixedPointConfig(jac_reg_unconverged=-1.0)
+    with pytest.raises(ValueError, match="spectral_reg_weight"):
+        FixedPointConfig(spectral_reg_weight=-1.0)
+    with pytest.raises(ValueError, match="spectral_target must be positive"):
+        FixedPointConfig(spectral_target=0.0)
 
 
 def test_config_validation():

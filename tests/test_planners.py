@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from idp_agents.implicit import FixedPointConfig, FixedPointInfo
 from idp_agents.planners import PLANNERS, ConvGPPNStep, Planner, SymVINStep, VINStep, make_planner
 from idp_agents.planners.base import channel_max
-from idp_agents.training import autograd_saved_bytes
+from idp_agents.training import autograd_saved_bytes, count_host_syncs_and_ops, imitation_loss
 from idp_envs import grid
 
 SMALL = {"vin": dict(l_h=8, l_q=8), "convgppn": dict(hidden=8), "symvin": dict(l_h=3, l_q=3)}
@@ -298,3 +298,26 @@ def test_unrolled_vin_family_keeps_the_argmax_not_q_for_each_layer(name):
     q_bytes = cells * l_q * 4
     assert per_layer < q_bytes / 2
     assert per_layer <= cells * order * (4 + 1)
+
+
+@pytest.mark.parametrize("name", ["id-vin", "id-convgppn", "id-symvin"])
+def test_implicit_training_step_reads_the_host_once_per_solve_or_check(name):
+    """Without tolerances a training step reads the host twice (the forward and the backward solve's flags, one
+    transfer each); with tolerances, once per convergence check and nothing more."""
+    maps = random_maps(4, 9, 9)
+    optimal = F.one_hot(torch.randint(4, (4, 9, 9), generator=torch.Generator().manual_seed(0)), 4)
+    optimal = optimal.permute(0, 3, 1, 2).bool()
+    for tol in (None, 1e-4):
+        planner = small_planner(name, k_fwd=12, k_bwd=12, tol_fwd=tol, tol_bwd=tol)
+        outputs = []
+
+        def step(planner=planner, outputs=outputs):
+            output = planner(maps)
+            loss = imitation_loss(output.logits, optimal)
+            (loss if output.info.jac_loss is None else loss + output.info.jac_loss).backward()
+            outputs.append(output)
+
+        syncs, _ = count_host_syncs_and_ops(step)
+        info = outputs[0].info
+        checks = len(info.forward.residuals) + sum(len(b.residuals) for b in info.backward)
+        assert syncs == (2 if tol is None else checks)

@@ -197,3 +197,47 @@ def test_buffers_made_in_inference_mode_are_not_reused_outside_it():
             solver(lambda z: z @ a + 1.0, torch.zeros(3, 6), 8)
         z, _ = solver(lambda z: z @ a + 1.0, torch.zeros(3, 6), 8)
         assert torch.allclose(z, torch.full((3, 6), 2.0), atol=1e-4)
+
+
+def reference_anderson(f, x: torch.Tensor, iterations: int, m: int = 5, lam: float = 1e-4) -> list[torch.Tensor]:
+    """Anderson acceleration written plainly for one sample x (n,), with the bordered least-squares system: the
+    iterates x_1..x_iterations at which f is evaluated."""
+    xs, gs, path = [], [], []
+    for _ in range(iterations):
+        path.append(x)
+        xs, gs = (xs + [x])[-m:], (gs + [f(x) - x])[-m:]
+        g = torch.stack(gs)
+        gram = g @ g.T
+        n = len(gs)
+        system = torch.zeros(n + 1, n + 1, dtype=x.dtype)
+        system[0, 1:] = system[1:, 0] = 1
+        system[1:, 1:] = gram + (lam * gram.diagonal().mean() + torch.finfo(x.dtype).tiny ** 0.5) * torch.eye(n)
+        rhs = torch.zeros(n + 1, dtype=x.dtype)
+        rhs[0] = 1
+        alpha = torch.linalg.solve(system, rhs)[1:]
+        x = alpha @ (torch.stack(xs) + g)
+    return path
+
+
+def test_anderson_matches_the_bordered_least_squares_reference():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(12, 12, generator=gen, dtype=DOUBLE) * 0.3
+    b = torch.randn(3, 12, generator=gen, dtype=DOUBLE)
+    z, _ = anderson(lambda z: torch.tanh(z @ w.T + b), torch.zeros(3, 12, dtype=DOUBLE), 23)
+    checked = [k for k in range(23) if (k + 1) % 5 == 0 or k == 22]  # the solver returns its best checked iterate
+    for i in range(3):
+
+        def f(x, i=i):
+            return torch.tanh(w @ x + b[i])
+
+        path = reference_anderson(f, torch.zeros(12, dtype=DOUBLE), 23)
+        best = min(checked, key=lambda k: ((f(path[k]) - path[k]).norm() / f(path[k]).norm()).item())
+        assert torch.allclose(z[i], path[best], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_a_solve_without_tolerance_reads_nothing_on_the_host(name):
+    f, exact = linear_contraction(batch=4, n=24)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        get_solver(name)(f, torch.zeros_like(exact), 20)
+    assert sum(event.name == "aten::_local_scalar_dense" for event in profile.events()) == 0

@@ -31,7 +31,7 @@ class PlannerSpec:
 # still. Its forward cap covers the light cone: a 3x3 step moves information one cell per iteration and the
 # longest 15x15 maze paths reach 62-77 steps; at a cap of 80, 1-3% of solves stopped above tolerance for lack of
 # iterations. The tolerance stops each solve early, so the cap costs only on the maps that need it.
-ID_CONVGPPN_DEFAULTS = {"jac_reg_weight": 0.0, "jac_reg_unconverged": 5.0, "k_fwd": 200}
+ID_CONVGPPN_DEFAULTS = {"jac_reg_weight": 0.0, "jac_reg_unconverged": 5.0, "spectral_reg_weight": 20.0, "k_fwd": 200}
 
 PLANNERS: dict[str, PlannerSpec] = {
     "vin": PlannerSpec(VINStep, "unrolled"),

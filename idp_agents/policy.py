@@ -39,9 +39,13 @@ def goal_cells(goal: np.ndarray) -> np.ndarray:
 LEGACY_STEP_DEFAULTS = {"kernel": 3, "discount": None, "contraction": None}
 
 
-def legacy_planner_kwargs(config: dict) -> dict:
+def legacy_planner_kwargs(config: dict, model_state: dict | None = None) -> dict:
     """A checkpoint's planner settings; one written before imitate recorded every resolved setting (it has no
-    ``discount`` or ``contraction`` key) gets the step defaults of its time, not today's."""
+    ``discount`` or ``contraction`` key) gets the step defaults of its time, not today's.
+
+    Such a checkpoint comes from before bounded value filters (3x3 kernels, unbounded) or from the few commits
+    that had them without recording them (today's 5x5 kernels and discount); given its ``model_state``, the weights'
+    shapes tell which."""
     kwargs = dict(config["planner_kwargs"])
     if "jac_reg_weight" in kwargs:  # resolved settings from before the per-sample and spectral regularisers: off
         kwargs.setdefault("jac_reg_unconverged", None)
@@ -49,7 +53,19 @@ def legacy_planner_kwargs(config: dict) -> dict:
     if "discount" in kwargs or "contraction" in kwargs:
         return kwargs
     accepted = step_hyperparameters(PLANNERS[config["planner"]].step)
-    return {**{k: v for k, v in LEGACY_STEP_DEFAULTS.items() if k in accepted}, **kwargs}
+    legacy = {**{k: v for k, v in LEGACY_STEP_DEFAULTS.items() if k in accepted}, **kwargs}
+    if model_state is None or _weights_fit(config, legacy, model_state):
+        return legacy
+    return kwargs
+
+
+def _weights_fit(config: dict, kwargs: dict, model_state: dict) -> bool:
+    """Whether the planner these settings build has parameters of the shapes in ``model_state``."""
+    shapes = {
+        k: v.shape
+        for k, v in make_planner(config["planner"], topology=config["topology"], **kwargs).state_dict().items()
+    }
+    return shapes == {k: v.shape for k, v in model_state.items()}
 
 
 class PlannerPolicy:
@@ -88,7 +104,8 @@ class PlannerPolicy:
         payload = load_checkpoint(path, map_location=device)
         try:
             config = payload["config"]
-            planner = make_planner(config["planner"], topology=config["topology"], **legacy_planner_kwargs(config))
+            kwargs = legacy_planner_kwargs(config, payload["model"])
+            planner = make_planner(config["planner"], topology=config["topology"], **kwargs)
             planner.load_state_dict(payload["model"])
             mapper, mapper_input = None, None
             if config.get("mapper"):

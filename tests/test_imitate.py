@@ -255,6 +255,19 @@ def test_checkpoint_records_every_resolved_setting_and_old_checkpoints_keep_thei
     assert kwargs["jac_reg_unconverged"] == PLANNERS["id-convgppn"].defaults["jac_reg_unconverged"]
 
 
+def test_checkpoints_without_recorded_step_settings_load_by_the_shapes_of_their_weights():
+    from idp_agents.planners import make_planner
+    from idp_agents.policy import legacy_planner_kwargs
+
+    config = {"planner": "id-vin", "topology": "plane", "planner_kwargs": {"k_fwd": 30, "l_h": 8, "l_q": 8}}
+    before_bounds = make_planner("id-vin", l_h=8, l_q=8, kernel=3, discount=None).state_dict()
+    assert legacy_planner_kwargs(config, before_bounds) == {"kernel": 3, "discount": None, **config["planner_kwargs"]}
+    bounded_unrecorded = make_planner("id-vin", l_h=8, l_q=8).state_dict()  # today's 5x5 kernels, not recorded
+    kwargs = legacy_planner_kwargs(config, bounded_unrecorded)
+    assert kwargs == config["planner_kwargs"]
+    make_planner("id-vin", **kwargs).load_state_dict(bounded_unrecorded)
+
+
 def test_readme_sb3_snippet_runs_as_written(trained):
     """The README's evaluate_policy snippet, on the trained checkpoint: floats back, and no Monitor warning."""
     import re

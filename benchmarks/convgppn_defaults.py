@@ -1,5 +1,6 @@
-"""ID-ConvGPPN's training step under the previous defaults (forward cap 80, Jacobian regulariser 0.1 on every sample)
-and today's (cap 200, regulariser 5 on the samples whose solve missed the tolerance), on the same trained weights.
+"""ID-ConvGPPN's training step under its successive defaults, on the same trained weights: forward cap 80 with the
+Jacobian regulariser 0.1 on every sample; cap 200 with it at 5 on the samples whose solve missed the tolerance; and
+today's, which adds the spectral-radius penalty (20 above 0.9).
 
 For each setting: median milliseconds of one training step (forward solve, cross-entropy plus regulariser, backward
 solve) over batches of 32 training maps, and the share of forward solves above tolerance, in one process:
@@ -23,8 +24,14 @@ from idp_agents.policy import PlannerPolicy
 from idp_agents.training import imitation_loss
 
 SETTINGS = {
-    "previous (cap 80, 0.1 everywhere)": {"k_fwd": 80, "jac_reg_weight": 0.1, "jac_reg_unconverged": None},
-    "today (cap 200, 5 where unconverged)": {},
+    "first (cap 80, Frobenius 0.1 everywhere)": {
+        "k_fwd": 80,
+        "jac_reg_weight": 0.1,
+        "jac_reg_unconverged": None,
+        "spectral_reg_weight": 0.0,
+    },
+    "second (cap 200, Frobenius 5 where unconverged)": {"spectral_reg_weight": 0.0},
+    "today (second + spectral penalty 20 above 0.9)": {},
 }
 
 

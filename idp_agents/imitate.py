@@ -80,6 +80,8 @@ class RunConfig:
     jac_reg_unconverged: float | None = None
     spectral_reg: float | None = None
     spectral_target: float | None = None
+    drop_unconverged: bool = FixedPointConfig.drop_unconverged
+    gradient_gain_cap: float | None = None
     on_divergence: str = FixedPointConfig.on_divergence
     l_h: int | None = None
     l_q: int | None = None
@@ -129,6 +131,7 @@ class RunConfig:
             "tol_fwd": self.tol_fwd,
             "tol_bwd": self.tol_bwd,
             "gradient": self.gradient,
+            "drop_unconverged": self.drop_unconverged,
             "on_divergence": self.on_divergence,
         }
         planner_defaulted = (
@@ -137,6 +140,7 @@ class RunConfig:
             ("jac_reg_unconverged", self.jac_reg_unconverged),
             ("spectral_reg_weight", self.spectral_reg),
             ("spectral_target", self.spectral_target),
+            ("gradient_gain_cap", self.gradient_gain_cap),
         )
         for key, value in planner_defaulted:
             if value is not None:
@@ -207,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--spectral-target",
         type=float,
         help=f"spectral radius above which --spectral-reg penalises (default {FixedPointConfig.spectral_target})",
+    )
+    add(
+        "--keep-unconverged",
+        dest="drop_unconverged",
+        action="store_false",
+        help="let the samples whose forward solve missed --tol-fwd into the implicit gradient (default: left out)",
+    )
+    add(
+        "--gradient-gain-cap",
+        type=float,
+        help="scale each sample's implicit gradient w down to ||w|| <= cap ||g|| (default: the planner's, none)",
     )
     add(
         "--on-divergence",
@@ -471,6 +486,8 @@ COMPARED_ON_RESUME = (
     "jac_reg_unconverged",
     "spectral_reg",
     "spectral_target",
+    "drop_unconverged",
+    "gradient_gain_cap",
     "clip",
     "on_divergence",
     "mapper_epochs",

@@ -78,7 +78,9 @@ def test_spectral_radius_of_a_linear_map_per_sample():
 
 
 def test_a_solve_that_misses_its_tolerance_is_warned_about_and_counted():
-    config = FixedPointConfig(k_fwd=3, tol_fwd=1e-10, solver_fwd="forward", k_bwd=2, tol_bwd=1e-10)
+    config = FixedPointConfig(
+        k_fwd=3, tol_fwd=1e-10, solver_fwd="forward", k_bwd=2, tol_bwd=1e-10, drop_unconverged=False
+    )  # kept in the gradient, so that the backward solve has something to miss
     x = torch.randn(4, 5, requires_grad=True)
     with pytest.warns(NonConvergenceWarning) as caught:
         z, info = solve_fixed_point(lambda z: 0.99 * z + x, torch.zeros(4, 5), config)

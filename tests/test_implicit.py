@@ -243,6 +243,38 @@ def test_spectral_penalty_pulls_a_repelling_step_into_a_contraction():
     assert info.spectral_estimate is not None and (info.spectral_estimate < 0.9).all()
 
 
+@pytest.mark.parametrize("drop", [True, False])
+def test_samples_whose_forward_solve_missed_the_tolerance_are_left_out_of_the_gradient(drop):
+    # f(z) = a_b z + x_b: sample 0 (a = 0.1) converges in 10 forward steps, sample 1 (a = 0.99) does not. At a fixed
+    # point d sum(z*) / dx = 1 / (1 - a) per element.
+    a = torch.tensor([[0.1], [0.99]], dtype=DOUBLE)
+    x = torch.ones(2, 3, dtype=DOUBLE, requires_grad=True)
+    config = FixedPointConfig(
+        k_fwd=10, solver_fwd="forward", tol_fwd=1e-6, k_bwd=2000, tol_bwd=1e-12, drop_unconverged=drop
+    )
+    with pytest.warns(RuntimeWarning, match="forward"):
+        z, info = solve_fixed_point(lambda z: a * z + x, torch.zeros(2, 3, dtype=DOUBLE), config)
+    assert info.forward.converged.tolist() == [True, False]
+    (grad,) = torch.autograd.grad(z.sum(), x)
+    assert torch.allclose(grad[0], torch.full((3,), 1 / 0.9, dtype=DOUBLE))
+    if drop:
+        assert (grad[1] == 0).all()
+    else:
+        assert torch.allclose(grad[1], torch.full((3,), 100.0, dtype=DOUBLE), rtol=1e-6)
+
+
+def test_gradient_gain_cap_bounds_each_samples_implicit_gradient():
+    # At a = 0.99, w = (1 - a)^-1 g = 100 g; a cap of 20 scales that sample to 20 g and leaves a = 0.5 (2 g) alone.
+    a = torch.tensor([[0.5], [0.99]], dtype=DOUBLE)
+    x = torch.ones(2, 3, dtype=DOUBLE, requires_grad=True)
+    config = FixedPointConfig(
+        k_fwd=500, solver_fwd="anderson", tol_fwd=1e-12, k_bwd=500, tol_bwd=1e-12, gradient_gain_cap=20.0
+    )
+    z, _ = solve_fixed_point(lambda z: a * z + x, torch.zeros(2, 3, dtype=DOUBLE), config)
+    (grad,) = torch.autograd.grad(z.sum(), x)
+    assert torch.allclose(grad, torch.tensor([[2.0] * 3, [20.0] * 3], dtype=DOUBLE), rtol=1e-6)
+
+
 def test_jacobian_estimate_on_linear_map_is_unbiased():
     torch.manual_seed(0)
     a = torch.randn(5, 5, dtype=DOUBLE)
@@ -332,6 +364,8 @@ def test_config_validation_names_a_negative_regulariser_weight():
         FixedPointConfig(spectral_reg_weight=-1.0)
     with pytest.raises(ValueError, match="spectral_target must be positive"):
         FixedPointConfig(spectral_target=0.0)
+    with pytest.raises(ValueError, match="gradient_gain_cap must be at least 1"):
+        FixedPointConfig(gradient_gain_cap=0.5)
 
 
 def test_config_validation():

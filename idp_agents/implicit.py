@@ -316,8 +316,8 @@ def _attach_implicit_backward(
 
 def _gain_limit(w: Tensor, grad: Tensor, cap: float) -> Tensor:
     """Per-sample factor (broadcastable over w) that brings ||w|| down to at most cap * ||grad||."""
-    limit = cap * _per_sample_norm(grad)
-    factor = torch.where(_per_sample_norm(w) > limit, limit / _per_sample_norm(w).clamp_min(1e-30), 1.0)
+    limit, norm = cap * _per_sample_norm(grad), _per_sample_norm(w)
+    factor = torch.where(norm > limit, limit / norm.clamp_min(torch.finfo(w.dtype).tiny), 1.0)
     return factor.view(-1, *([1] * (w.dim() - 1)))
 
 

@@ -263,6 +263,16 @@ def test_samples_whose_forward_solve_missed_the_tolerance_are_left_out_of_the_gr
         assert torch.allclose(grad[1], torch.full((3,), 100.0, dtype=DOUBLE), rtol=1e-6)
 
 
+def test_phantom_gradient_also_leaves_out_samples_without_a_fixed_point():
+    a = torch.tensor([[0.1], [0.99]], dtype=DOUBLE)
+    x = torch.ones(2, 3, dtype=DOUBLE, requires_grad=True)
+    config = FixedPointConfig(k_fwd=10, solver_fwd="forward", tol_fwd=1e-6, gradient="phantom", phantom_steps=3)
+    with pytest.warns(RuntimeWarning, match="forward"):
+        z, _ = solve_fixed_point(lambda z: a * z + x, torch.zeros(2, 3, dtype=DOUBLE), config)
+    (grad,) = torch.autograd.grad(z.sum(), x)
+    assert (grad[0] > 0).all() and (grad[1] == 0).all()
+
+
 def test_gradient_gain_cap_bounds_each_samples_implicit_gradient():
     # At a = 0.99, w = (1 - a)^-1 g = 100 g; a cap of 20 scales that sample to 20 g and leaves a = 0.5 (2 g) alone.
     a = torch.tensor([[0.5], [0.99]], dtype=DOUBLE)

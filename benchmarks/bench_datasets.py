@@ -1,6 +1,6 @@
 """Maps per second for generating and labelling mazes (BFS distances + optimal-action masks), median of repeats.
 
-    python benchmarks/bench_datasets.py [--sizes 15 49] [--maps 10000 1000] [--repeats 3] [--out benchmarks/results]
+python benchmarks/bench_datasets.py [--sizes 15 49] [--maps 10000 1000] [--repeats 3] [--out benchmarks/results]
 """
 
 from __future__ import annotations

@@ -17,10 +17,8 @@ import warnings
 
 import torch
 
-from idp_agents.imitate import RunConfig, load_or_generate_dataset, split_data
+from benchmarks.trained import load_with_training_split, rebuilt
 from idp_agents.implicit import NonConvergenceWarning
-from idp_agents.planners import make_planner
-from idp_agents.policy import PlannerPolicy
 from idp_agents.training import imitation_loss
 
 SETTINGS = {
@@ -41,15 +39,10 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=8)
     args = p.parse_args()
     torch.set_num_threads(1)
-    trained = PlannerPolicy.load(args.checkpoint)
-    run = trained.config["run"]
-    config = RunConfig(env=run["env"], train=run["train"], val=run["val"], test=run["test"], seed=run["seed"])
-    splits, _ = load_or_generate_dataset(config)
-    train = split_data(splits["train"], None, torch.device("cpu"))
+    trained, train = load_with_training_split(args.checkpoint)
     print("| setting | step ms (median) | forward solves above tolerance |\n|---|---|---|")
     for label, changes in SETTINGS.items():
-        planner = make_planner("id-convgppn", topology=trained.planner.topology, **changes)
-        planner.load_state_dict(trained.planner.state_dict())
+        planner = rebuilt(trained, **changes)  # today's defaults with these changes, not the checkpoint's settings
         times, missed, solved = [], 0, 0
         for batch in range(args.batches):
             rows = slice(32 * batch, 32 * (batch + 1))

@@ -17,10 +17,9 @@ import warnings
 
 import torch
 
-from idp_agents.imitate import RunConfig, load_or_generate_dataset, split_data
+from benchmarks.trained import load_with_training_split, rebuilt
 from idp_agents.implicit import NonConvergenceWarning
-from idp_agents.planners import make_planner
-from idp_agents.policy import PlannerPolicy, legacy_planner_kwargs
+from idp_agents.policy import legacy_planner_kwargs
 from idp_agents.training import count_host_syncs_and_ops, imitation_loss
 
 
@@ -51,15 +50,11 @@ def main() -> None:
     print("| planner | env | tolerances | host syncs | operators | forward iterations | backward iterations |")
     print("|---|---|---|---|---|---|---|")
     for path in args.checkpoints:
-        trained = PlannerPolicy.load(path)
+        trained, train = load_with_training_split(path)
         run = trained.config["run"]
-        config = RunConfig(env=run["env"], train=run["train"], val=run["val"], test=run["test"], seed=run["seed"])
-        splits, _ = load_or_generate_dataset(config)
-        train = split_data(splits["train"], None, torch.device("cpu"))
         kwargs = legacy_planner_kwargs(trained.config, trained.planner.state_dict())
         for label, changes in (("on", {}), ("off", {"tol_fwd": None, "tol_bwd": None})):
-            planner = make_planner(trained.config["planner"], topology=trained.planner.topology, **kwargs | changes)
-            planner.load_state_dict(trained.planner.state_dict())
+            planner = rebuilt(trained, **kwargs | changes)
             rows = [
                 step_counts(
                     planner, train["maps"][32 * b : 32 * b + 32], train["optimal_actions"][32 * b : 32 * b + 32]

@@ -182,9 +182,13 @@ def _per_sample_norm(v: Tensor) -> Tensor:
     return torch.linalg.vector_norm(v.flatten(1), dim=1)
 
 
+def _per_sample(values: Tensor, like: Tensor) -> Tensor:
+    """(B,) values (a mask or factors) shaped to broadcast over ``like`` (B, ...), in its dtype."""
+    return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
 def _unit(v: Tensor) -> Tensor:
-    norm = _per_sample_norm(v).clamp_min(torch.finfo(v.dtype).tiny)
-    return v / norm.view(-1, *([1] * (v.dim() - 1)))
+    return v / _per_sample(_per_sample_norm(v).clamp_min(torch.finfo(v.dtype).tiny), v)
 
 
 def _power_iteration(fz: Tensor, z: Tensor, v: Tensor, iterations: int) -> tuple[Tensor, list[Tensor]]:
@@ -318,12 +322,7 @@ def _gain_limit(w: Tensor, grad: Tensor, cap: float) -> Tensor:
     """Per-sample factor (broadcastable over w) that brings ||w|| down to at most cap * ||grad||."""
     limit, norm = cap * _per_sample_norm(grad), _per_sample_norm(w)
     factor = torch.where(norm > limit, limit / norm.clamp_min(torch.finfo(w.dtype).tiny), 1.0)
-    return factor.view(-1, *([1] * (w.dim() - 1)))
-
-
-def _per_sample(mask: Tensor, like: Tensor) -> Tensor:
-    """A (B,) mask shaped to broadcast over ``like`` (B, ...), in its dtype."""
-    return mask.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+    return _per_sample(factor, w)
 
 
 def _damped_steps(f: Callable[[Tensor], Tensor], z: Tensor, fz: Tensor, config: FixedPointConfig) -> Tensor:

@@ -1,0 +1,26 @@
+"""What the benchmarks that replay a trained checkpoint share: the checkpoint with its training split, and the same
+weights in a planner built with other fixed-point settings."""
+
+from __future__ import annotations
+
+import torch
+
+from idp_agents.imitate import RunConfig, load_or_generate_dataset, split_data
+from idp_agents.planners import Planner, make_planner
+from idp_agents.policy import PlannerPolicy
+
+
+def load_with_training_split(path: str) -> tuple[PlannerPolicy, dict]:
+    """The checkpoint's policy and the training split of the dataset it was trained on (on the CPU)."""
+    trained = PlannerPolicy.load(path)
+    run = trained.config["run"]
+    config = RunConfig(env=run["env"], train=run["train"], val=run["val"], test=run["test"], seed=run["seed"])
+    splits, _ = load_or_generate_dataset(config)
+    return trained, split_data(splits["train"], None, torch.device("cpu"))
+
+
+def rebuilt(trained: PlannerPolicy, **kwargs) -> Planner:
+    """The trained weights in a planner of the same name and topology made with ``kwargs``."""
+    planner = make_planner(trained.config["planner"], topology=trained.planner.topology, **kwargs)
+    planner.load_state_dict(trained.planner.state_dict())
+    return planner

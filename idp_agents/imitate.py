@@ -35,6 +35,7 @@ from idp_agents.checkpoints import load_checkpoint, save_checkpoint
 from idp_agents.implicit import FixedPointConfig
 from idp_agents.mappers import cspace_accuracy, cspace_bce_loss, cspace_planner_maps, make_mapper, mapper_input_key
 from idp_agents.planners import FIXED_POINT_KEYS, PLANNERS, make_planner, step_hyperparameters
+from idp_agents.planners.convgppn import CELLS
 from idp_agents.policy import PlannerPolicy
 from idp_agents.training import (
     FixedPointStats,
@@ -58,8 +59,8 @@ from idp_envs.tasks import TaskBatch
 from rollouts.metrics import PlanningMetrics
 from rollouts.video import showcase_gif
 
-STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group", "discount", "contraction")
-UNBOUNDED_WHEN_ZERO = ("discount", "contraction")
+STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group", "discount", "contraction", "cell", "forget_bound")
+UNBOUNDED_WHEN_ZERO = ("discount", "contraction", "forget_bound")
 
 
 @dataclass
@@ -90,6 +91,8 @@ class RunConfig:
     group: str | None = None
     discount: float | None = None
     contraction: float | None = None
+    cell: str | None = None
+    forget_bound: float | None = None
     epochs: int = 6
     mapper_epochs: int = 2
     planner_epochs: int = 2
@@ -235,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--contraction",
         type=float,
         help="ConvGPPN: bound the hidden-gate filters so the step contracts by at most this factor (default: none)",
+    )
+    add(
+        "--cell",
+        choices=CELLS,
+        help="ConvGPPN: the recurrent cell, gru (state h) or lstm (GPPN's own; state h and c) (default gru)",
+    )
+    add(
+        "--forget-bound",
+        type=float,
+        help="ConvGPPN LSTM: scale the forget gate into (0, this bound), so the cell state contracts (default: none)",
     )
     add("--kernel", type=int, help="Bellman step kernel size (default: VIN/SymVIN 5, ConvGPPN 3)")
     add("--group", help="SymVIN symmetry group: c4 | d4")
@@ -893,6 +906,7 @@ def check_counts(config: RunConfig) -> None:
         "jac_reg_unconverged",
         "discount",
         "contraction",
+        "forget_bound",
     )
     for name in finite:
         value = getattr(config, name)

@@ -47,13 +47,15 @@ def legacy_planner_kwargs(config: dict, model_state: dict | None = None) -> dict
     that had them without recording them (today's 5x5 kernels and discount); given its ``model_state``, the weights'
     shapes tell which."""
     kwargs = dict(config["planner_kwargs"])
+    accepted = step_hyperparameters(PLANNERS[config["planner"]].step)
     if "jac_reg_weight" in kwargs:  # resolved settings, recorded before some of today's: those were off
         kwargs.setdefault("jac_reg_unconverged", None)
         kwargs.setdefault("spectral_reg_weight", 0.0)
         kwargs.setdefault("drop_unconverged", False)
+    if "cell" in accepted:
+        kwargs.setdefault("cell", "gru")  # ConvGPPN had only the GRU cell before it had a choice
     if "discount" in kwargs or "contraction" in kwargs:
         return kwargs
-    accepted = step_hyperparameters(PLANNERS[config["planner"]].step)
     legacy = {**{k: v for k, v in LEGACY_STEP_DEFAULTS.items() if k in accepted}, **kwargs}
     if model_state is None or _weights_fit(config, legacy, model_state):
         return legacy

@@ -231,6 +231,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         (["--env", "Maze-3"], "unknown environment"),
         (["--planner", "gppn"], "valid names"),
         (["--planner", "convgppn", "--l-q", "3"], "does not take"),
+        (["--planner", "vin", "--cell", "lstm"], "does not take"),
     ],
 )
 def test_bad_names_list_the_valid_ones(tmp_path, args, message):
@@ -252,6 +253,7 @@ def test_checkpoint_records_every_resolved_setting_and_old_checkpoints_keep_thei
     assert legacy_planner_kwargs(old) == {"kernel": 3, "discount": None, "k_fwd": 30, "l_h": 8}
     before_targeted = {"planner": "id-convgppn", "planner_kwargs": {"jac_reg_weight": 0.1, "contraction": None}}
     assert legacy_planner_kwargs(before_targeted)["jac_reg_unconverged"] is None
+    assert legacy_planner_kwargs(before_targeted)["cell"] == "gru"  # written before ConvGPPN had an LSTM cell
     assert kwargs["jac_reg_unconverged"] == PLANNERS["id-convgppn"].defaults["jac_reg_unconverged"]
 
 

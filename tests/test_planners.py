@@ -240,12 +240,78 @@ def test_make_planner_routes_fixed_point_settings_and_step_hyperparameters():
         ("vin", {"topology": "sphere"}, "topology"),
         ("vin", {"kernel": 4}, "kernel"),
         ("convgppn", {"hidden": 0}, "hidden"),
+        ("convgppn", {"cell": "rnn"}, "cell"),
+        ("id-convgppn", {"cell": "lstm", "contraction": 0.9}, "contraction bounds the GRU"),
+        ("id-convgppn", {"forget_bound": 0.9}, "forget_bound bounds the LSTM"),
+        ("id-convgppn", {"cell": "lstm", "forget_bound": 1.0}, "forget_bound"),
         ("symvin", {"group": "c8"}, "group"),
     ],
 )
 def test_make_planner_rejects_bad_arguments(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_planner(name, **kwargs)
+
+
+@pytest.mark.parametrize("topology", ["plane", "torus"])
+def test_convgppn_lstm_step_is_an_lstm_cell_in_every_grid_cell(topology):
+    """With 1x1 filters the ConvLSTM step is torch's LSTMCell applied to each cell's reward features and state."""
+    torch.manual_seed(0)
+    planner = make_planner("convgppn", topology=topology, hidden=5, kernel=1, cell="lstm").double()
+    step = planner.step
+    reference = torch.nn.LSTMCell(5, 5).double()
+    with torch.no_grad():
+        reference.weight_ih.copy_(step.input_gates.weight[:, :, 0, 0])
+        reference.bias_ih.copy_(step.input_gates.bias)
+        reference.weight_hh.copy_(step.hidden_gates.weight[:, :, 0, 0])
+        reference.bias_hh.copy_(step.hidden_gates.bias)
+        maps = random_maps(2, 6, 7, seed=3, dtype=torch.float64)
+        ctx = step.encode(maps)
+        z = torch.randn(2, 10, 6, 7, dtype=torch.float64)
+        out = step(z, ctx)
+        cells = lambda x: x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # noqa: E731
+        h, c = reference(cells(step.encoder(maps)), (cells(z[:, :5]), cells(z[:, 5:])))
+    assert step.initial_state(ctx).shape == (2, 10, 6, 7)
+    torch.testing.assert_close(cells(out[:, :5]), h)
+    torch.testing.assert_close(cells(out[:, 5:]), c)
+    torch.testing.assert_close(step.head(out, ctx), step.policy(out[:, :5]))
+
+
+@pytest.mark.parametrize("bound", [None, 0.9])
+def test_convgppn_lstm_forget_bound_caps_the_cell_states_memory(bound):
+    """A forget gate saturated at 1 keeps any cell state: the step has a radius-1 mode and no unique fixed point.
+    The bound b scales the gate into (0, b), so the cell state decays by at least b per step."""
+    planner = make_planner("id-convgppn", hidden=4, cell="lstm", forget_bound=bound).double()
+    with torch.no_grad():
+        planner.step.hidden_gates.weight.zero_()  # the gates see only the map: dc'/dc = f, the radius is max f
+        planner.step.hidden_gates.bias[4:8] = 30.0  # forget pre-activations: sigmoid = 1 to round-off
+    radius = planner.spectral_radius(random_maps(2, 7, 7, seed=2, dtype=torch.float64), iterations=100).max()
+    assert radius == pytest.approx(1.0 if bound is None else bound, abs=1e-6)
+
+
+def test_id_convgppn_lstm_gradients_match_a_long_unrolled_lstm_at_its_fixed_point():
+    """The cell state c is part of the fixed point: the implicit gradient through [h, c] is the unrolled one."""
+    torch.manual_seed(1)
+    implicit = make_planner(
+        "id-convgppn",
+        hidden=4,
+        cell="lstm",
+        k_fwd=200,
+        tol_fwd=1e-12,
+        k_bwd=200,
+        tol_bwd=1e-12,
+        spectral_reg_weight=0.0,
+        jac_reg_unconverged=None,
+    ).double()
+    unrolled = make_planner("convgppn", hidden=4, cell="lstm", k_fwd=200).double()
+    unrolled.load_state_dict(implicit.state_dict())
+    maps = random_maps(2, 7, 7, seed=6, dtype=torch.float64)
+    grads = []
+    for planner in (implicit, unrolled):
+        planner.zero_grad()
+        planner(maps).logits.sin().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in planner.parameters()]))
+    assert implicit.spectral_radius(maps).max() < 0.9
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-8, rtol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""ConvGPPN: Gated Path Planning Networks (Lee et al. 2018) with a convolutional GRU as the weight-tied step."""
+"""ConvGPPN: Gated Path Planning Networks (Lee et al. 2018), a convolutional GRU or LSTM as the weight-tied step."""
 
 from __future__ import annotations
 
@@ -22,17 +22,43 @@ from idp_agents.planners.fused import compile_wanted, compiled_gru_update, gru_u
 class ConvGPPNContext:
     """What ConvGPPN computes once per forward: the input's share of the three GRU gates."""
 
-    input_gates: Tensor  # (B, 3 * hidden, H, W): [reset, update, candidate] pre-activations from the reward features
+    input_gates: Tensor  # (B, G * hidden, H, W): the gates' pre-activations from the reward features (G = 3 or 4)
     hidden_weight: Tensor  # (3 * hidden, hidden, F, F): the hidden-gate filter, bounded when the step is
 
 
+CELLS = ("gru", "lstm")
+
+
 class ConvGPPNStep(BellmanStep):
-    """r = encoder(map); h <- ConvGRU(r, h) with kernel F, r injected every step; logits = conv1x1(h)."""
+    """r = encoder(map); h <- ConvGRU(r, h), or (h, c) <- ConvLSTM(r, h, c), with kernel F, r injected every step;
+    logits = conv1x1(h).
+
+    ``cell`` "gru" (the default) keeps the state h (B, hidden, H, W). "lstm" is GPPN's own cell (Lee et al. 2018, and
+    the ConvGPPN of the implicit-planning paper's code): the state is [h, c] (B, 2 * hidden, H, W). The two differ at
+    a fixed point: the GRU's update gate u cancels there (h = u h + (1 - u) h~ holds iff h = h~), so its fixed point is
+    that of h = h~(r, h); the LSTM's forget gate f does not (c = f c + i g gives c = i g / (1 - f)), which leaves the
+    fixed point a per-cell gain that can carry a signal over long paths.
+    """
 
     def __init__(
-        self, *, topology: str = "plane", hidden: int = 40, kernel: int = 3, contraction: float | None = None
+        self,
+        *,
+        topology: str = "plane",
+        hidden: int = 40,
+        kernel: int = 3,
+        contraction: float | None = None,
+        cell: str = "gru",
+        forget_bound: float | None = None,
     ) -> None:
         super().__init__(topology)
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+        if cell == "lstm" and contraction is not None:
+            raise ValueError("contraction bounds the GRU cell's gates only; use it with cell='gru'")
+        if cell != "lstm" and forget_bound is not None:
+            raise ValueError("forget_bound bounds the LSTM cell's forget gate; use it with cell='lstm'")
+        self.cell = cell
+        self.forget_bound = check_discount(forget_bound, "forget_bound")
         self.contraction = check_discount(contraction, "contraction")
         self.hidden = check_positive(hidden, "hidden")
         self.kernel = check_odd_kernel(kernel)
@@ -41,8 +67,9 @@ class ConvGPPNStep(BellmanStep):
             nn.ReLU(),
             nn.Conv2d(hidden, hidden, 1),
         )
-        self.input_gates = same_conv_module(hidden, 3 * hidden, kernel, topology)
-        self.hidden_gates = same_conv_module(hidden, 3 * hidden, kernel, topology)
+        gates = 4 if cell == "lstm" else 3
+        self.input_gates = same_conv_module(hidden, gates * hidden, kernel, topology)
+        self.hidden_gates = same_conv_module(hidden, gates * hidden, kernel, topology)
         self.policy = nn.Conv2d(hidden, 4, 1)
 
     def encode(self, maps: Tensor) -> ConvGPPNContext:
@@ -62,9 +89,11 @@ class ConvGPPNStep(BellmanStep):
 
     def initial_state(self, ctx: ConvGPPNContext) -> Tensor:
         b, _, h, w = ctx.input_gates.shape
-        return ctx.input_gates.new_zeros(b, self.hidden, h, w)
+        return ctx.input_gates.new_zeros(b, self.hidden * (2 if self.cell == "lstm" else 1), h, w)
 
     def forward(self, z: Tensor, ctx: ConvGPPNContext) -> Tensor:
+        if self.cell == "lstm":
+            return self._lstm(z, ctx)
         hidden_gates = self.conv(z, ctx.hidden_weight, self.hidden_gates.bias)
         if use_fused(self.fused):
             if compile_wanted(z.device):
@@ -77,9 +106,21 @@ class ConvGPPNStep(BellmanStep):
         candidate = torch.tanh(x_candidate + reset * h_candidate)
         return candidate + update * (z - candidate)
 
+    def _lstm(self, z: Tensor, ctx: ConvGPPNContext) -> Tensor:
+        h, c = z.chunk(2, dim=1)
+        gates = ctx.input_gates + self.conv(h, ctx.hidden_weight, self.hidden_gates.bias)
+        input_gate, forget, candidate, output = gates.chunk(4, dim=1)  # torch.nn.LSTMCell's order
+        forget = torch.sigmoid(forget) if self.forget_bound is None else self.forget_bound * torch.sigmoid(forget)
+        c = forget * c + torch.sigmoid(input_gate) * torch.tanh(candidate)
+        return torch.cat([torch.sigmoid(output) * torch.tanh(c), c], dim=1)
+
+    def _h(self, z: Tensor) -> Tensor:
+        """The hidden state h, what the policy reads (the LSTM's cell state c is not)."""
+        return z[:, : self.hidden]
+
     def head(self, z: Tensor, ctx: ConvGPPNContext) -> Tensor:
-        return self.policy(z)
+        return self.policy(self._h(z))
 
     def value_map(self, z: Tensor) -> Tensor:
         """GPPN has no explicit value: show the best action's logit in each cell."""
-        return self.policy(z).amax(dim=1)
+        return self.policy(self._h(z)).amax(dim=1)

@@ -15,7 +15,13 @@ from idp_agents.planners.base import (
     check_positive,
     same_conv_module,
 )
-from idp_agents.planners.fused import compile_wanted, compiled_gru_update, gru_update_inplace, use_fused
+from idp_agents.planners.fused import (
+    compile_wanted,
+    compiled_gru_update,
+    gru_update_inplace,
+    lstm_update_inplace,
+    use_fused,
+)
 
 
 @dataclass
@@ -108,7 +114,10 @@ class ConvGPPNStep(BellmanStep):
 
     def _lstm(self, z: Tensor, ctx: ConvGPPNContext) -> Tensor:
         h, c = z.chunk(2, dim=1)
-        gates = ctx.input_gates + self.conv(h, ctx.hidden_weight, self.hidden_gates.bias)
+        hidden_gates = self.conv(h, ctx.hidden_weight, self.hidden_gates.bias)
+        if use_fused(self.fused):
+            return lstm_update_inplace(ctx.input_gates, hidden_gates, c, self.forget_bound)
+        gates = ctx.input_gates + hidden_gates
         input_gate, forget, candidate, output = gates.chunk(4, dim=1)  # torch.nn.LSTMCell's order
         forget = torch.sigmoid(forget) if self.forget_bound is None else self.forget_bound * torch.sigmoid(forget)
         c = forget * c + torch.sigmoid(input_gate) * torch.tanh(candidate)

@@ -3,7 +3,7 @@
 VIN and SymVIN: Q_c = sum_s u_{c,s} r(x+s) + sum_s w_{c,s} v(x+s) is one small matrix (C x F) times the F shifted
 taps of [r, v] at each cell, so v' = max_c Q_c is a chunked matmul over cells followed by a running max: the
 (B, C, H, W) Q tensor is never written, only a cache-sized block of it. The reward taps are written once per solve.
-ConvGPPN: the GRU gate arithmetic runs in place on the hidden-gate convolution's output.
+ConvGPPN: the GRU or LSTM gate arithmetic runs in place on the hidden-gate convolution's output.
 
 Switches: ``IDP_FUSED=0`` (or ``set_fused(False)`` / ``with plain_steps():``, or ``step.fused = False``) forces the
 plain conv-then-max path; the fused path only ever runs when autograd is off, so training graphs are unchanged.
@@ -32,6 +32,7 @@ __all__ = [
     "fold_taps",
     "fused_enabled",
     "gru_update_inplace",
+    "lstm_update_inplace",
     "plain_steps",
     "set_fused",
     "shifted_taps",
@@ -205,6 +206,26 @@ def gru_update_inplace(input_gates: Tensor, hidden_gates: Tensor, z: Tensor) -> 
     candidate = hidden_gates[:, 2 * hidden :].mul_(reset).add_(input_gates[:, 2 * hidden :])
     candidate = candidate.mul_(2).sigmoid_().mul_(2).sub_(1)
     return torch.lerp(candidate, z, update)
+
+
+def lstm_update_inplace(input_gates: Tensor, hidden_gates: Tensor, c: Tensor, forget_bound: float | None) -> Tensor:
+    """ConvLSTM update [h', c'] with c' = f c + i g and h' = o tanh(c'), the gate arithmetic in place in
+    ``hidden_gates`` (overwritten). Gates are [input, forget, candidate, output] along dim 1 (torch.nn.LSTMCell's
+    order); the forget gate is scaled by ``forget_bound`` when given; tanh is taken as 2 sigmoid(2x) - 1.
+    """
+    hidden = c.shape[1]
+    gates = hidden_gates.add_(input_gates)
+    input_gate, forget, candidate, output = gates.chunk(4, dim=1)
+    gates[:, : 2 * hidden].sigmoid_()
+    output.sigmoid_()
+    if forget_bound is not None:
+        forget.mul_(forget_bound)
+    candidate.mul_(2).sigmoid_().mul_(2).sub_(1)
+    out = c.new_empty(c.shape[0], 2 * hidden, *c.shape[2:])
+    h_new, c_new = out[:, :hidden], out[:, hidden:]
+    torch.mul(forget, c, out=c_new).addcmul_(input_gate, candidate)
+    torch.mul(c_new, 2, out=h_new).sigmoid_().mul_(2).sub_(1).mul_(output)
+    return out
 
 
 def _gru_update(input_gates: Tensor, hidden_gates: Tensor, z: Tensor) -> Tensor:

@@ -60,7 +60,7 @@ from rollouts.metrics import PlanningMetrics
 from rollouts.video import showcase_gif
 
 STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group", "discount", "contraction", "cell", "forget_bound")
-UNBOUNDED_WHEN_ZERO = ("discount", "contraction", "forget_bound")
+UNBOUNDED_WHEN_ZERO = ("discount", "contraction")
 
 
 @dataclass
@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--forget-bound",
         type=float,
-        help="ConvGPPN LSTM: scale the forget gate into (0, this bound), so the cell state contracts (default: none)",
+        help="ConvGPPN LSTM: scale the forget gate into (0, this bound), so the cell state contracts (default 0.9; "
+        "1: unbounded)",
     )
     add("--kernel", type=int, help="Bellman step kernel size (default: VIN/SymVIN 5, ConvGPPN 3)")
     add("--group", help="SymVIN symmetry group: c4 | d4")

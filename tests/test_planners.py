@@ -243,7 +243,8 @@ def test_make_planner_routes_fixed_point_settings_and_step_hyperparameters():
         ("convgppn", {"cell": "rnn"}, "cell"),
         ("id-convgppn", {"cell": "lstm", "contraction": 0.9}, "contraction bounds the GRU"),
         ("id-convgppn", {"forget_bound": 0.9}, "forget_bound bounds the LSTM"),
-        ("id-convgppn", {"cell": "lstm", "forget_bound": 1.0}, "forget_bound"),
+        ("id-convgppn", {"cell": "lstm", "forget_bound": 1.5}, "forget_bound"),
+        ("id-convgppn", {"cell": "lstm", "forget_bound": 0}, "forget_bound"),
         ("symvin", {"group": "c8"}, "group"),
     ],
 )
@@ -254,9 +255,10 @@ def test_make_planner_rejects_bad_arguments(name, kwargs, match):
 
 @pytest.mark.parametrize("topology", ["plane", "torus"])
 def test_convgppn_lstm_step_is_an_lstm_cell_in_every_grid_cell(topology):
-    """With 1x1 filters the ConvLSTM step is torch's LSTMCell applied to each cell's reward features and state."""
+    """With 1x1 filters and no forget bound the ConvLSTM step is torch's LSTMCell applied to each cell's reward
+    features and state."""
     torch.manual_seed(0)
-    planner = make_planner("convgppn", topology=topology, hidden=5, kernel=1, cell="lstm").double()
+    planner = make_planner("convgppn", topology=topology, hidden=5, kernel=1, cell="lstm", forget_bound=1.0).double()
     step = planner.step
     reference = torch.nn.LSTMCell(5, 5).double()
     with torch.no_grad():
@@ -276,7 +278,7 @@ def test_convgppn_lstm_step_is_an_lstm_cell_in_every_grid_cell(topology):
     torch.testing.assert_close(step.head(out, ctx), step.policy(out[:, :5]))
 
 
-@pytest.mark.parametrize("bound", [None, 0.9])
+@pytest.mark.parametrize("bound", [1.0, 0.9, 0.5])
 def test_convgppn_lstm_forget_bound_caps_the_cell_states_memory(bound):
     """A forget gate saturated at 1 keeps any cell state: the step has a radius-1 mode and no unique fixed point.
     The bound b scales the gate into (0, b), so the cell state decays by at least b per step."""
@@ -285,7 +287,8 @@ def test_convgppn_lstm_forget_bound_caps_the_cell_states_memory(bound):
         planner.step.hidden_gates.weight.zero_()  # the gates see only the map: dc'/dc = f, the radius is max f
         planner.step.hidden_gates.bias[4:8] = 30.0  # forget pre-activations: sigmoid = 1 to round-off
     radius = planner.spectral_radius(random_maps(2, 7, 7, seed=2, dtype=torch.float64), iterations=100).max()
-    assert radius == pytest.approx(1.0 if bound is None else bound, abs=1e-6)
+    assert radius == pytest.approx(bound, abs=1e-6)
+    assert make_planner("convgppn", cell="lstm").step.forget_bound == 0.9
 
 
 def test_id_convgppn_lstm_gradients_match_a_long_unrolled_lstm_at_its_fixed_point():

@@ -33,6 +33,10 @@ class ConvGPPNContext:
 
 
 CELLS = ("gru", "lstm")
+# The LSTM's forget gate f is scaled into (0, 0.9): a gate saturated at 1 keeps whatever cell state it holds, a mode
+# of spectral radius 1 with no unique fixed point (unbounded, ID-ConvGPPN had 98.5% of its solves above tolerance at
+# epoch 2 on 15x15 mazes); bounded, the cell state forgets at least a tenth per step.
+LSTM_FORGET_BOUND = 0.9
 
 
 class ConvGPPNStep(BellmanStep):
@@ -63,8 +67,12 @@ class ConvGPPNStep(BellmanStep):
             raise ValueError("contraction bounds the GRU cell's gates only; use it with cell='gru'")
         if cell != "lstm" and forget_bound is not None:
             raise ValueError("forget_bound bounds the LSTM cell's forget gate; use it with cell='lstm'")
+        if cell == "lstm":
+            forget_bound = LSTM_FORGET_BOUND if forget_bound is None else forget_bound
+            if not (isinstance(forget_bound, (int, float)) and 0 < forget_bound <= 1):
+                raise ValueError(f"forget_bound must lie in (0, 1] (1: the unbounded LSTM), got {forget_bound!r}")
         self.cell = cell
-        self.forget_bound = check_discount(forget_bound, "forget_bound")
+        self.forget_bound = forget_bound
         self.contraction = check_discount(contraction, "contraction")
         self.hidden = check_positive(hidden, "hidden")
         self.kernel = check_odd_kernel(kernel)
@@ -119,7 +127,7 @@ class ConvGPPNStep(BellmanStep):
             return lstm_update_inplace(ctx.input_gates, hidden_gates, c, self.forget_bound)
         gates = ctx.input_gates + hidden_gates
         input_gate, forget, candidate, output = gates.chunk(4, dim=1)  # torch.nn.LSTMCell's order
-        forget = torch.sigmoid(forget) if self.forget_bound is None else self.forget_bound * torch.sigmoid(forget)
+        forget = self.forget_bound * torch.sigmoid(forget)
         c = forget * c + torch.sigmoid(input_gate) * torch.tanh(candidate)
         return torch.cat([torch.sigmoid(output) * torch.tanh(c), c], dim=1)
 

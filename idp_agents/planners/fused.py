@@ -208,17 +208,17 @@ def gru_update_inplace(input_gates: Tensor, hidden_gates: Tensor, z: Tensor) -> 
     return torch.lerp(candidate, z, update)
 
 
-def lstm_update_inplace(input_gates: Tensor, hidden_gates: Tensor, c: Tensor, forget_bound: float | None) -> Tensor:
+def lstm_update_inplace(input_gates: Tensor, hidden_gates: Tensor, c: Tensor, forget_bound: float) -> Tensor:
     """ConvLSTM update [h', c'] with c' = f c + i g and h' = o tanh(c'), the gate arithmetic in place in
     ``hidden_gates`` (overwritten). Gates are [input, forget, candidate, output] along dim 1 (torch.nn.LSTMCell's
-    order); the forget gate is scaled by ``forget_bound`` when given; tanh is taken as 2 sigmoid(2x) - 1.
+    order); the forget gate is scaled by ``forget_bound``; tanh is taken as 2 sigmoid(2x) - 1.
     """
     hidden = c.shape[1]
     gates = hidden_gates.add_(input_gates)
     input_gate, forget, candidate, output = gates.chunk(4, dim=1)
     gates[:, : 2 * hidden].sigmoid_()
     output.sigmoid_()
-    if forget_bound is not None:
+    if forget_bound != 1:
         forget.mul_(forget_bound)
     candidate.mul_(2).sigmoid_().mul_(2).sub_(1)
     out = c.new_empty(c.shape[0], 2 * hidden, *c.shape[2:])

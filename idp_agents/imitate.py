@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--cell",
         choices=CELLS,
-        help="ConvGPPN: the recurrent cell, gru (state h) or lstm (GPPN's own; state h and c) (default gru)",
+        help="ConvGPPN: the recurrent cell, lstm (GPPN's own; state h and c) or gru (state h) (default lstm)",
     )
     add(
         "--forget-bound",

@@ -142,7 +142,7 @@ def test_default_implicit_planners_stay_contractive_while_they_learn(name):
 def test_bounded_convgppn_step_is_non_expansive_on_its_state_space_whatever_its_weights(topology):
     """With ``contraction`` k the Lipschitz bound u + (1 - u) k < 1 holds per cell for states in [-1, 1]."""
     torch.manual_seed(0)
-    planner = make_planner("id-convgppn", topology=topology, hidden=8, contraction=0.9)
+    planner = make_planner("id-convgppn", topology=topology, hidden=8, cell="gru", contraction=0.9)
     with torch.no_grad():
         for p in planner.parameters():
             p.normal_(0, 3.0)

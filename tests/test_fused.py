@@ -27,10 +27,10 @@ CASES = [
     ("id-vin", dict(l_h=8, l_q=10)),
     ("id-symvin", dict(group="c4", l_h=3, l_q=3)),
     ("id-symvin", dict(group="d4", l_h=2, l_q=3)),
+    ("id-convgppn", dict(hidden=8, cell="gru")),
     ("id-convgppn", dict(hidden=8)),
-    ("id-convgppn", dict(hidden=8, cell="lstm", forget_bound=0.9)),
 ]
-IDS = ["vin", "symvin-c4", "symvin-d4", "convgppn", "convgppn-lstm"]
+IDS = ["vin", "symvin-c4", "symvin-d4", "convgppn-gru", "convgppn-lstm"]
 
 
 @pytest.fixture(autouse=True, scope="module")

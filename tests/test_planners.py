@@ -242,7 +242,7 @@ def test_make_planner_routes_fixed_point_settings_and_step_hyperparameters():
         ("convgppn", {"hidden": 0}, "hidden"),
         ("convgppn", {"cell": "rnn"}, "cell"),
         ("id-convgppn", {"cell": "lstm", "contraction": 0.9}, "contraction bounds the GRU"),
-        ("id-convgppn", {"forget_bound": 0.9}, "forget_bound bounds the LSTM"),
+        ("id-convgppn", {"cell": "gru", "forget_bound": 0.9}, "forget_bound bounds the LSTM"),
         ("id-convgppn", {"cell": "lstm", "forget_bound": 1.5}, "forget_bound"),
         ("id-convgppn", {"cell": "lstm", "forget_bound": 0}, "forget_bound"),
         ("symvin", {"group": "c8"}, "group"),

@@ -122,17 +122,20 @@ def test_unrolled_vin_agrees_with_id_vin_when_the_step_contracts():
     torch.testing.assert_close(unrolled(maps).logits, implicit(maps).logits, atol=1e-8, rtol=1e-8)
 
 
+def parameter_gradient(planner: Planner, maps: torch.Tensor) -> torch.Tensor:
+    """All parameters' gradients of a fixed non-linear function of the logits, flattened into one vector."""
+    planner.zero_grad()
+    planner(maps).logits.sin().sum().backward()
+    return torch.cat([p.grad.flatten() for p in planner.parameters()])
+
+
 def test_id_vin_gradients_match_a_long_unrolled_vin_when_the_step_contracts():
     implicit = contractive_vin(k_fwd=60, k_bwd=60, solver_bwd="forward")
     unrolled = make_planner("vin", l_h=8, l_q=8, k_fwd=60).double()
     unrolled.load_state_dict(implicit.state_dict())
     maps = random_maps(2, 9, 9, seed=8, dtype=torch.float64)
-    grads = []
-    for planner in (implicit, unrolled):
-        planner.zero_grad()
-        planner(maps).logits.sin().sum().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in planner.parameters()]))
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-7, rtol=1e-6)
+    implicit_grad, unrolled_grad = (parameter_gradient(planner, maps) for planner in (implicit, unrolled))
+    torch.testing.assert_close(implicit_grad, unrolled_grad, atol=1e-7, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["id-vin", "id-symvin"])
@@ -308,13 +311,9 @@ def test_id_convgppn_lstm_gradients_match_a_long_unrolled_lstm_at_its_fixed_poin
     unrolled = make_planner("convgppn", hidden=4, cell="lstm", k_fwd=200).double()
     unrolled.load_state_dict(implicit.state_dict())
     maps = random_maps(2, 7, 7, seed=6, dtype=torch.float64)
-    grads = []
-    for planner in (implicit, unrolled):
-        planner.zero_grad()
-        planner(maps).logits.sin().sum().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in planner.parameters()]))
+    implicit_grad, unrolled_grad = (parameter_gradient(planner, maps) for planner in (implicit, unrolled))
     assert implicit.spectral_radius(maps).max() < 0.9
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-8, rtol=1e-6)
+    torch.testing.assert_close(implicit_grad, unrolled_grad, atol=1e-8, rtol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ from idp_agents.implicit import FixedPointConfig
 from idp_agents.mappers import cspace_accuracy, cspace_bce_loss, cspace_planner_maps, make_mapper, mapper_input_key
 from idp_agents.planners import FIXED_POINT_KEYS, PLANNERS, make_planner, step_hyperparameters
 from idp_agents.planners.convgppn import CELLS
-from idp_agents.policy import PlannerPolicy
+from idp_agents.policy import PlannerPolicy, legacy_planner_kwargs
 from idp_agents.training import (
     FixedPointStats,
     action_accuracy,
@@ -746,7 +746,13 @@ def train_and_report(config: RunConfig) -> dict:
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
         state = load_checkpoint(last_path, map_location=device)
         before = state["config"]["run"]
-        changed = [k for k in COMPARED_ON_RESUME if before.get(k) != getattr(config, k)]
+        # a step flag the run did not record (it had no such choice then) is compared through the planners built:
+        # a flag left to its default may have a new default since (ConvGPPN's cell)
+        unrecorded = [k for k in STEP_FLAGS if k not in before]
+        changed = [k for k in COMPARED_ON_RESUME if k not in unrecorded and before.get(k) != getattr(config, k)]
+        saved = legacy_planner_kwargs(state["config"], state["model"])
+        built = resolved_planner_kwargs(planner)
+        changed += sorted(k for k in built if k in saved and saved[k] != built[k] and k not in changed)
         if changed:
             raise ValueError(f"--resume: {last_path} was trained with other settings for {changed}")
         planner.load_state_dict(state["model"])

@@ -9,7 +9,7 @@ import torch
 
 import idp_envs  # noqa: F401
 from idp_agents import imitate
-from idp_agents.checkpoints import CheckpointError, load_checkpoint
+from idp_agents.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from idp_agents.planners import PLANNERS
 from idp_agents.policy import PlannerPolicy
 from idp_envs import render
@@ -211,6 +211,17 @@ def test_resume_refuses_other_settings(tmp_path):
     run(tmp_path, "--train", "32", "--epochs", "1")
     with pytest.raises(SystemExit, match="other settings"):
         run(tmp_path, "--train", "32", "--epochs", "2", "--resume", "--lr", "0.1")
+
+
+def test_resume_refuses_a_run_whose_planner_today_s_defaults_would_change(tmp_path):
+    """A run from before ConvGPPN had a cell choice recorded no cell; resuming it builds today's default (LSTM)."""
+    run(tmp_path, "--train", "32", "--epochs", "1", "--cell", "gru")
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    del state["config"]["run"]["cell"], state["config"]["planner_kwargs"]["cell"]
+    save_checkpoint(tmp_path / "run" / "last.pt", state)
+    with pytest.raises(SystemExit, match="other settings.*cell"):
+        run(tmp_path, "--train", "32", "--epochs", "2", "--resume")
+    run(tmp_path, "--train", "32", "--epochs", "2", "--resume", "--cell", "gru")  # its own settings resume it
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):

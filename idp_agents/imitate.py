@@ -507,7 +507,6 @@ COMPARED_ON_RESUME = (
     "mapper_epochs",
     "planner_epochs",
     "map_loss_weight",
-    *STEP_FLAGS,
 )
 
 
@@ -746,10 +745,9 @@ def train_and_report(config: RunConfig) -> dict:
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
         state = load_checkpoint(last_path, map_location=device)
         before = state["config"]["run"]
-        # a step flag the run did not record (it had no such choice then) is compared through the planners built:
-        # a flag left to its default may have a new default since (ConvGPPN's cell)
-        unrecorded = [k for k in STEP_FLAGS if k not in before]
-        changed = [k for k in COMPARED_ON_RESUME if k not in unrecorded and before.get(k) != getattr(config, k)]
+        changed = [k for k in COMPARED_ON_RESUME if before.get(k) != getattr(config, k)]
+        # step hyperparameters are compared as the planners they build, not as flags: a flag left to its default
+        # may have a new default since (ConvGPPN's cell), and a flag the run never had must not block it
         saved = legacy_planner_kwargs(state["config"], state["model"])
         built = resolved_planner_kwargs(planner)
         changed += sorted(k for k in built if k in saved and saved[k] != built[k] and k not in changed)

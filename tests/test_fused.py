@@ -18,6 +18,7 @@ from idp_agents.planners import Planner, make_planner
 from idp_agents.planners.fused import (
     TapMax,
     gru_update_inplace,
+    lstm_update_inplace,
     plain_steps,
     shifted_taps,
 )
@@ -175,7 +176,13 @@ def test_tap_max_rejects_a_state_of_the_wrong_shape():
 
 def test_in_place_gru_update_equals_the_plain_one():
     x, h, z = torch.randn(2, 12, 5, 5), torch.randn(2, 12, 5, 5), torch.randn(2, 4, 5, 5)
-    assert torch.allclose(gru_update_inplace(x, h.clone(), z), fused._gru_update(x, h, z), atol=1e-6)
+    assert torch.allclose(gru_update_inplace(x, h.clone(), z), fused.gru_update(x, h, z), atol=1e-6)
+
+
+@pytest.mark.parametrize("bound", [1.0, 0.9])
+def test_in_place_lstm_update_equals_the_plain_one(bound):
+    x, h, c = torch.randn(2, 16, 5, 5), torch.randn(2, 16, 5, 5), torch.randn(2, 4, 5, 5)
+    assert torch.allclose(lstm_update_inplace(x, h.clone(), c, bound), fused.lstm_update(x, h, c, bound), atol=1e-6)
 
 
 @pytest.mark.slow
@@ -183,7 +190,7 @@ def test_compiled_kernels_equal_the_eager_ones(monkeypatch):
     """IDP_COMPILE=1 compiles the fused kernels on the CPU too; they must give the eager results."""
     monkeypatch.setenv(fused.COMPILE_ENV, "1")
     tap_max = fused.MaybeCompiled(fused._tap_max_block)
-    gru = fused.MaybeCompiled(fused._gru_update)
+    gru = fused.MaybeCompiled(fused.gru_update)
     weight, taps = torch.randn(12, 18), torch.randn(18, 40)
     x, h, z = torch.randn(2, 12, 4, 4), torch.randn(2, 12, 4, 4), torch.randn(2, 4, 4, 4)
     with warnings.catch_warnings():
@@ -193,7 +200,7 @@ def test_compiled_kernels_equal_the_eager_ones(monkeypatch):
     if tap_max.failed or gru.failed:
         pytest.skip("torch.compile is not available on this machine (the kernels fell back to eager)")
     assert torch.allclose(compiled_max, fused._tap_max_block(weight, taps, 3), atol=1e-5)
-    assert torch.allclose(compiled_gru, fused._gru_update(x, h, z), atol=1e-5)
+    assert torch.allclose(compiled_gru, fused.gru_update(x, h, z), atol=1e-5)
 
 
 def test_compile_setting_is_validated(monkeypatch):

@@ -221,6 +221,8 @@ def test_resume_refuses_a_run_whose_planner_today_s_defaults_would_change(tmp_pa
     save_checkpoint(tmp_path / "run" / "last.pt", state)
     with pytest.raises(SystemExit, match="other settings.*cell"):
         run(tmp_path, "--train", "32", "--epochs", "2", "--resume")
+    with pytest.raises(SystemExit, match="other settings.*hidden"):  # a changed step flag builds another planner
+        run(tmp_path, "--train", "32", "--epochs", "2", "--resume", "--cell", "gru", "--hidden", "8")
     run(tmp_path, "--train", "32", "--epochs", "2", "--resume", "--cell", "gru")  # its own settings resume it
 
 

@@ -18,7 +18,9 @@ from idp_agents.planners.base import (
 from idp_agents.planners.fused import (
     compile_wanted,
     compiled_gru_update,
+    gru_update,
     gru_update_inplace,
+    lstm_update,
     lstm_update_inplace,
     use_fused,
 )
@@ -107,30 +109,21 @@ class ConvGPPNStep(BellmanStep):
         return ctx.input_gates.new_zeros(b, self.hidden * (2 if self.cell == "lstm" else 1), h, w)
 
     def forward(self, z: Tensor, ctx: ConvGPPNContext) -> Tensor:
-        if self.cell == "lstm":
-            return self._lstm(z, ctx)
+        return self._lstm(z, ctx) if self.cell == "lstm" else self._gru(z, ctx)
+
+    def _gru(self, z: Tensor, ctx: ConvGPPNContext) -> Tensor:
         hidden_gates = self.conv(z, ctx.hidden_weight, self.hidden_gates.bias)
-        if use_fused(self.fused):
-            if compile_wanted(z.device):
-                return compiled_gru_update(ctx.input_gates, hidden_gates, z)
-            return gru_update_inplace(ctx.input_gates, hidden_gates, z)
-        x_reset, x_update, x_candidate = ctx.input_gates.chunk(3, dim=1)
-        h_reset, h_update, h_candidate = hidden_gates.chunk(3, dim=1)
-        reset = torch.sigmoid(x_reset + h_reset)
-        update = torch.sigmoid(x_update + h_update)
-        candidate = torch.tanh(x_candidate + reset * h_candidate)
-        return candidate + update * (z - candidate)
+        if not use_fused(self.fused):
+            return gru_update(ctx.input_gates, hidden_gates, z)
+        if compile_wanted(z.device):
+            return compiled_gru_update(ctx.input_gates, hidden_gates, z)
+        return gru_update_inplace(ctx.input_gates, hidden_gates, z)
 
     def _lstm(self, z: Tensor, ctx: ConvGPPNContext) -> Tensor:
         h, c = z.chunk(2, dim=1)
         hidden_gates = self.conv(h, ctx.hidden_weight, self.hidden_gates.bias)
-        if use_fused(self.fused):
-            return lstm_update_inplace(ctx.input_gates, hidden_gates, c, self.forget_bound)
-        gates = ctx.input_gates + hidden_gates
-        input_gate, forget, candidate, output = gates.chunk(4, dim=1)  # torch.nn.LSTMCell's order
-        forget = self.forget_bound * torch.sigmoid(forget)
-        c = forget * c + torch.sigmoid(input_gate) * torch.tanh(candidate)
-        return torch.cat([torch.sigmoid(output) * torch.tanh(c), c], dim=1)
+        update = lstm_update_inplace if use_fused(self.fused) else lstm_update
+        return update(ctx.input_gates, hidden_gates, c, self.forget_bound)
 
     def _h(self, z: Tensor) -> Tensor:
         """The hidden state h, what the policy reads (the LSTM's cell state c is not)."""

@@ -31,7 +31,9 @@ __all__ = [
     "compile_wanted",
     "fold_taps",
     "fused_enabled",
+    "gru_update",
     "gru_update_inplace",
+    "lstm_update",
     "lstm_update_inplace",
     "plain_steps",
     "set_fused",
@@ -208,11 +210,17 @@ def gru_update_inplace(input_gates: Tensor, hidden_gates: Tensor, z: Tensor) -> 
     return torch.lerp(candidate, z, update)
 
 
+def lstm_update(input_gates: Tensor, hidden_gates: Tensor, c: Tensor, forget_bound: float) -> Tensor:
+    """The out-of-place ConvLSTM update [h', c'], c' = b sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'):
+    the plain (reference, autograd) path. Gates are [input, forget, candidate, output] (torch.nn.LSTMCell's order)."""
+    input_gate, forget, candidate, output = (input_gates + hidden_gates).chunk(4, dim=1)
+    c = forget_bound * torch.sigmoid(forget) * c + torch.sigmoid(input_gate) * torch.tanh(candidate)
+    return torch.cat([torch.sigmoid(output) * torch.tanh(c), c], dim=1)
+
+
 def lstm_update_inplace(input_gates: Tensor, hidden_gates: Tensor, c: Tensor, forget_bound: float) -> Tensor:
-    """ConvLSTM update [h', c'] with c' = f c + i g and h' = o tanh(c'), the gate arithmetic in place in
-    ``hidden_gates`` (overwritten). Gates are [input, forget, candidate, output] along dim 1 (torch.nn.LSTMCell's
-    order); the forget gate is scaled by ``forget_bound``; tanh is taken as 2 sigmoid(2x) - 1.
-    """
+    """`lstm_update` with its gate arithmetic in place in ``hidden_gates`` (overwritten); tanh is taken as
+    2 sigmoid(2x) - 1."""
     hidden = c.shape[1]
     gates = hidden_gates.add_(input_gates)
     input_gate, forget, candidate, output = gates.chunk(4, dim=1)
@@ -228,8 +236,9 @@ def lstm_update_inplace(input_gates: Tensor, hidden_gates: Tensor, c: Tensor, fo
     return out
 
 
-def _gru_update(input_gates: Tensor, hidden_gates: Tensor, z: Tensor) -> Tensor:
-    """The out-of-place ConvGRU update, the form torch.compile fuses into one kernel."""
+def gru_update(input_gates: Tensor, hidden_gates: Tensor, z: Tensor) -> Tensor:
+    """The out-of-place ConvGRU update: the plain (reference, autograd) path, and the form torch.compile fuses into
+    one kernel. Gates are [reset, update, candidate] along dim 1."""
     x_reset, x_update, x_candidate = input_gates.chunk(3, dim=1)
     h_reset, h_update, h_candidate = hidden_gates.chunk(3, dim=1)
     reset = torch.sigmoid(x_reset + h_reset)
@@ -238,4 +247,4 @@ def _gru_update(input_gates: Tensor, hidden_gates: Tensor, z: Tensor) -> Tensor:
     return candidate + update * (z - candidate)
 
 
-compiled_gru_update = MaybeCompiled(_gru_update)
+compiled_gru_update = MaybeCompiled(gru_update)

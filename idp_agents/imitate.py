@@ -59,6 +59,16 @@ from idp_envs.tasks import TaskBatch
 from rollouts.metrics import PlanningMetrics
 from rollouts.video import showcase_gif
 
+# fixed-point flags whose default is the planner's (``PLANNERS[name].defaults``), and the setting each one names
+PLANNER_DEFAULTED = {
+    "k_fwd": "k_fwd",
+    "k_bwd": "k_bwd",
+    "jac_reg": "jac_reg_weight",
+    "jac_reg_unconverged": "jac_reg_unconverged",
+    "spectral_reg": "spectral_reg_weight",
+    "spectral_target": "spectral_target",
+    "gradient_gain_cap": "gradient_gain_cap",
+}
 STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group", "discount", "contraction", "cell", "forget_bound")
 UNBOUNDED_WHEN_ZERO = ("discount", "contraction")
 
@@ -71,7 +81,7 @@ class RunConfig:
     size: int | None = None
     planner: str = "id-vin"
     k_fwd: int | None = None
-    k_bwd: int = FixedPointConfig.k_bwd
+    k_bwd: int | None = None
     solver_fwd: str = FixedPointConfig.solver_fwd
     solver_bwd: str = FixedPointConfig.solver_bwd
     tol_fwd: float | None = FixedPointConfig.tol_fwd
@@ -128,7 +138,6 @@ class RunConfig:
             raise ValueError(f"{self.planner} does not take {rejected}; its hyperparameters are {list(accepted)}")
         step.update({k: None for k in UNBOUNDED_WHEN_ZERO if step.get(k) == 0})
         fixed_point = {
-            "k_bwd": self.k_bwd,
             "solver_fwd": self.solver_fwd,
             "solver_bwd": self.solver_bwd,
             "tol_fwd": self.tol_fwd,
@@ -137,17 +146,9 @@ class RunConfig:
             "drop_unconverged": self.drop_unconverged,
             "on_divergence": self.on_divergence,
         }
-        planner_defaulted = (
-            ("k_fwd", self.k_fwd),
-            ("jac_reg_weight", self.jac_reg),
-            ("jac_reg_unconverged", self.jac_reg_unconverged),
-            ("spectral_reg_weight", self.spectral_reg),
-            ("spectral_target", self.spectral_target),
-            ("gradient_gain_cap", self.gradient_gain_cap),
-        )
-        for key, value in planner_defaulted:
-            if value is not None:
-                fixed_point[key] = value
+        for flag, key in PLANNER_DEFAULTED.items():
+            if getattr(self, flag) is not None:
+                fixed_point[key] = getattr(self, flag)
         return {**fixed_point, **step}
 
     def dataset_path(self) -> Path:
@@ -162,6 +163,12 @@ def optional_float(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
+def default_note(key: str, default) -> str:
+    """'default D; P V, ...' for a fixed-point setting: its default and the planners whose own defaults differ."""
+    own = [f"{name} {spec.defaults[key]}" for name, spec in PLANNERS.items() if key in spec.defaults]
+    return "; ".join([f"default {default}", *own])
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = RunConfig()
     p = argparse.ArgumentParser(prog="python -m idp_agents.imitate", description=__doc__.split("\n\n")[0])
@@ -174,10 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--k-fwd",
         dest="k_fwd",
         type=int,
-        help=f"unrolled layers, or the implicit forward solver's iteration cap (default {FixedPointConfig.k_fwd}; "
-        f"id-convgppn {PLANNERS['id-convgppn'].defaults['k_fwd']})",
+        help="unrolled layers, or the implicit forward solver's iteration cap "
+        f"({default_note('k_fwd', FixedPointConfig.k_fwd)})",
     )
-    add("--k-bwd", type=int, default=defaults.k_bwd, help="implicit backward solver's iterations")
+    add(
+        "--k-bwd",
+        type=int,
+        help=f"the implicit backward solver's iteration cap ({default_note('k_bwd', FixedPointConfig.k_bwd)})",
+    )
     add("--solver-fwd", default=defaults.solver_fwd, help="forward | anderson | broyden")
     add("--solver-bwd", default=defaults.solver_bwd, help="forward | anderson | broyden")
     add(
@@ -478,12 +489,13 @@ def tensorboard_writer(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
+# the run's flags a resumed run must share with its checkpoint; the planner's settings (PLANNER_DEFAULTED, STEP_FLAGS
+# and every other fixed-point setting) are compared as the planners they build, since a default may change between
+# versions
 COMPARED_ON_RESUME = (
     "env",
     "size",
     "planner",
-    "k_fwd",
-    "k_bwd",
     "solver_fwd",
     "solver_bwd",
     "gradient",
@@ -496,12 +508,7 @@ COMPARED_ON_RESUME = (
     "seed",
     "tol_fwd",
     "tol_bwd",
-    "jac_reg",
-    "jac_reg_unconverged",
-    "spectral_reg",
-    "spectral_target",
     "drop_unconverged",
-    "gradient_gain_cap",
     "clip",
     "on_divergence",
     "mapper_epochs",
@@ -746,11 +753,13 @@ def train_and_report(config: RunConfig) -> dict:
         state = load_checkpoint(last_path, map_location=device)
         before = state["config"]["run"]
         changed = [k for k in COMPARED_ON_RESUME if before.get(k) != getattr(config, k)]
-        # step hyperparameters are compared as the planners they build, not as flags: a flag left to its default
-        # may have a new default since (ConvGPPN's cell), and a flag the run never had must not block it
+        # the planner's settings are compared as the planners they build, not as flags: a flag left to its default
+        # may have a new default since (ConvGPPN's cell and budgets), and a flag the run never had must not block it
         saved = legacy_planner_kwargs(state["config"], state["model"])
         built = resolved_planner_kwargs(planner)
-        changed += sorted(k for k in built if k in saved and saved[k] != built[k] and k not in changed)
+        flag_of = {key: flag for flag, key in PLANNER_DEFAULTED.items()}
+        differ = (flag_of.get(k, k) for k in built if k in saved and saved[k] != built[k])
+        changed += sorted(k for k in differ if k not in changed)
         if changed:
             raise ValueError(f"--resume: {last_path} was trained with other settings for {changed}")
         planner.load_state_dict(state["model"])

@@ -1,6 +1,7 @@
 """The training command end to end: it learns, resumes, reports, and its policy plugs into SB3."""
 
 import json
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -224,6 +225,26 @@ def test_resume_refuses_a_run_whose_planner_today_s_defaults_would_change(tmp_pa
     with pytest.raises(SystemExit, match="other settings.*hidden"):  # a changed step flag builds another planner
         run(tmp_path, "--train", "32", "--epochs", "2", "--resume", "--cell", "gru", "--hidden", "8")
     run(tmp_path, "--train", "32", "--epochs", "2", "--resume", "--cell", "gru")  # its own settings resume it
+
+
+def test_resume_compares_planner_defaulted_budgets_as_the_planner_they_build(tmp_path, monkeypatch):
+    """A run that recorded the backward budget as a flag (k_bwd 10 here) resumes with the flag left out when its
+    planner's default is that budget, and is refused, naming the flag, when the default has changed since."""
+    run(tmp_path, "--train", "32", "--epochs", "1")  # SMALL passes --k-bwd 10
+    args = [a for a in SMALL if a not in ("--k-bwd", "10")]
+    assert len(args) == len(SMALL) - 2
+
+    def resume(*extra):
+        return imitate.main([*args, "--cache-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), *extra])
+
+    spec = PLANNERS["id-convgppn"]
+    monkeypatch.setitem(PLANNERS, "id-convgppn", replace(spec, defaults={**spec.defaults, "k_bwd": 12}))
+    with pytest.raises(SystemExit, match=r"other settings for \['k_bwd'\]"):
+        resume("--train", "32", "--epochs", "2", "--resume")
+    monkeypatch.setitem(PLANNERS, "id-convgppn", replace(spec, defaults={**spec.defaults, "k_bwd": 10}))
+    report = resume("--train", "32", "--epochs", "2", "--resume")
+    assert report["config"]["planner_kwargs"]["k_bwd"] == 10
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3  # header and two epochs
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):

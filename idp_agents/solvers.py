@@ -5,11 +5,14 @@ tensor of shape (B, ...) to the same shape; solvers flatten each sample internal
 floating dtype, and build no autograd graph. An iteration is one evaluation of ``f``.
 
 Convergence is measured every ``check_every`` iterations and at the last one, by the relative residual
-``||f(z) - z|| / (||f(z)|| + 1e-12)`` of the iterate ``z`` at which ``f`` was evaluated. Only when ``tol`` is set is
-anything read on the host (one transfer per check), to stop once every sample has converged or diverged; with
-``tol=None`` the full budget runs without any device-to-host synchronisation, and divergence is only flagged.
-``SolverInfo.flags()`` gives the caller "all converged" and "any diverged" without a further read when the last
-check already made one.
+``||f(z) - z|| / (||f(z)|| + 1e-12)`` of the iterate ``z`` at which ``f`` was evaluated. With ``tol`` set, a solve
+stops once every sample has converged or diverged. No solver makes a synchronising read (``item``, boolean
+indexing) on the CPU or CUDA: each check's "done" flag is read in host memory; on CUDA, where the device runs
+behind the host, it is copied there without waiting (pinned memory and an event) and read at the next check, by
+when the device has written it, so the host never waits for the device to drain its queue inside a solve. The price
+there is at most ``check_every`` iterations past the check that saw every sample done; on the CPU the flag is read
+at once. ``SolverInfo.flags()`` makes one synchronising read per solve, for a caller that needs "all converged" and
+"any diverged" on the host.
 Each solver returns, per sample, the checked iterate with the lowest residual, so a solver that degrades
 (Anderson or Broyden overshooting, a step producing NaN) still returns its best point.
 
@@ -65,6 +68,29 @@ def _read_flags(*flags: Tensor) -> tuple[bool, ...]:
     return tuple(bool(packed >> i & 1) for i in range(len(flags)))
 
 
+class _HostCopy:
+    """A boolean scalar in host memory: on the CPU the flag itself; on CUDA a copy made without making the host wait,
+    whose ``read`` waits for the copy alone (an event recorded after it), not for work queued since; other
+    accelerators copy synchronously."""
+
+    def __init__(self, flag: Tensor) -> None:
+        self.event = None
+        if flag.device.type == "cpu":
+            self.host = flag
+            return
+        cuda = flag.is_cuda
+        self.host = torch.empty((), dtype=torch.bool, pin_memory=cuda)
+        self.host.copy_(flag, non_blocking=cuda)
+        if cuda:
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(flag.device))  # the stream that made the flag and copies it
+
+    def read(self) -> bool:
+        if self.event is not None:
+            self.event.synchronize()
+        return bool(self.host.numpy())  # host memory: no device read, nothing a profiler counts as a sync
+
+
 @dataclass
 class SolverInfo:
     """What a solve did: iterations run, per-check residuals, and which samples converged or diverged.
@@ -80,8 +106,8 @@ class SolverInfo:
     host_flags: tuple[bool, bool] | None = None  # (converged.all(), diverged.any()), once read on the host
 
     def flags(self) -> tuple[bool, bool]:
-        """(every sample converged, some sample diverged) as Python bools. A solve with a tolerance read them at its
-        last check; otherwise they are read here, once, in one transfer."""
+        """(every sample converged, some sample diverged) as Python bools, read on the first call in one transfer
+        (a host synchronisation) and kept."""
         if self.host_flags is None:
             self.host_flags = _read_flags(self.converged.all(), self.diverged.any())
         return self.host_flags
@@ -92,8 +118,16 @@ class SolverInfo:
         return self.residuals[-1]
 
 
+def _lagged_stop(device: torch.device) -> bool:
+    """Whether a solve on ``device`` reads each check's "done" flag at the next check rather than at once: on CUDA,
+    where reading it at once would wait for the queue to drain; the CPU's flag is in host memory once computed."""
+    return device.type == "cuda"
+
+
 class _ConvergenceMonitor:
-    """Records residuals at checks, keeps the best iterate per sample and flags divergence, without host syncs."""
+    """Records residuals at checks, keeps the best iterate per sample and flags divergence, without host syncs;
+    with a tolerance, says to stop at the check that saw every sample converged or diverged (at the next one where
+    that flag is read late, ``_lagged_stop``)."""
 
     def __init__(self, x0: Tensor, max_iter: int, tol: float | None, check_every: int) -> None:
         self.max_iter = max_iter
@@ -106,7 +140,8 @@ class _ConvergenceMonitor:
         self.reference: Tensor | None = None
         self.residuals: list[Tensor] = []
         self.iterations = 0
-        self.host_flags: tuple[bool, bool] | None = None
+        self.lagged = _lagged_stop(x0.device)
+        self.pending: _HostCopy | None = None  # the previous check's "done" flag, on its way to the host
 
     def observe(self, iteration: int, x: Tensor, fx: Tensor) -> bool:
         """Take note of f(x) at 1-based ``iteration``; True when every sample has converged or diverged."""
@@ -129,11 +164,11 @@ class _ConvergenceMonitor:
         self.residuals.append(relative)
         if self.tol is None:
             return False
-        converged = self.best_residual <= self.tol
-        # One read per check: whether to stop, and the flags the caller reports from when this check is the last.
-        done, *flags = _read_flags((converged | self.diverged).all(), converged.all(), self.diverged.any())
-        self.host_flags = tuple(flags)
-        return done
+        done = _HostCopy(((self.best_residual <= self.tol) | self.diverged).all())
+        if not self.lagged:
+            return done.read()
+        previous, self.pending = self.pending, done
+        return previous is not None and previous.read()
 
     def result(self, shape: torch.Size) -> tuple[Tensor, SolverInfo]:
         residuals = torch.stack(self.residuals)
@@ -142,7 +177,7 @@ class _ConvergenceMonitor:
             converged = torch.zeros_like(self.diverged)
         else:
             converged = self.best_residual <= self.tol
-        info = SolverInfo(self.iterations, residuals, converged, self.diverged, self.host_flags)
+        info = SolverInfo(self.iterations, residuals, converged, self.diverged)
         return self.best.reshape(shape), info
 
 

@@ -369,9 +369,9 @@ def test_unrolled_vin_family_keeps_the_argmax_not_q_for_each_layer(name):
 
 
 @pytest.mark.parametrize("name", ["id-vin", "id-convgppn", "id-symvin"])
-def test_implicit_training_step_reads_the_host_once_per_solve_or_check(name):
-    """Without tolerances a training step reads the host twice (the forward and the backward solve's flags, one
-    transfer each); with tolerances, once per convergence check and nothing more."""
+def test_implicit_training_step_synchronises_twice_with_or_without_tolerances(name):
+    """A training step reads the host twice, the forward and the backward solve's flags (one transfer each), and
+    nothing more: convergence checks stop a solve without a synchronising read."""
     maps = random_maps(4, 9, 9)
     optimal = F.one_hot(torch.randint(4, (4, 9, 9), generator=torch.Generator().manual_seed(0)), 4)
     optimal = optimal.permute(0, 3, 1, 2).bool()
@@ -388,4 +388,4 @@ def test_implicit_training_step_reads_the_host_once_per_solve_or_check(name):
         syncs, _ = count_host_syncs_and_ops(step)
         info = outputs[0].info
         checks = len(info.forward.residuals) + sum(len(b.residuals) for b in info.backward)
-        assert syncs == (2 if tol is None else checks)
+        assert checks > 2 and syncs == 2  # one read per check would make more

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from idp_agents import solvers
 from idp_agents.solvers import SOLVERS, SolverInfo, anderson, broyden, forward_iteration, get_solver
+from idp_agents.training import HOST_SYNC_OPS
 
 DOUBLE = torch.float64
 
@@ -235,9 +237,22 @@ def test_anderson_matches_the_bordered_least_squares_reference():
         assert torch.allclose(z[i], path[best], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("lagged", [False, True])
+@pytest.mark.parametrize("tol", [None, 1e-6])
 @pytest.mark.parametrize("name", sorted(SOLVERS))
-def test_a_solve_without_tolerance_reads_nothing_on_the_host(name):
-    f, exact = linear_contraction(batch=4, n=24)
+def test_a_solve_reads_nothing_on_the_host_and_stops_at_the_first_done_check(name, tol, lagged, monkeypatch):
+    """No synchronising read inside a solve, with or without a tolerance. With one, the solve stops at the first
+    check that sees every sample converged, or at the next check where that check's flag is read late (CUDA's
+    path, forced here on the CPU)."""
+    monkeypatch.setattr(solvers, "_lagged_stop", lambda device: lagged)
+    f, exact = linear_contraction(batch=4, n=24, radius=0.5)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-        get_solver(name)(f, torch.zeros_like(exact), 20)
-    assert sum(event.name == "aten::_local_scalar_dense" for event in profile.events()) == 0
+        z, info = get_solver(name)(f, torch.zeros_like(exact), 200, tol=tol, check_every=5)
+    assert sum(event.name in HOST_SYNC_OPS for event in profile.events()) == 0
+    if tol is None:
+        assert info.iterations == 200
+        return
+    best_so_far = torch.cummin(info.residuals, dim=0).values  # a sample is done once its best iterate is
+    first_done = 5 * (1 + next(i for i, r in enumerate(best_so_far) if (r <= tol).all()))
+    assert info.iterations == first_done + 5 * lagged < 200 and info.converged.all()
+    assert torch.allclose(z, exact, atol=1e-4, rtol=0)

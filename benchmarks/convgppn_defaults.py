@@ -1,6 +1,7 @@
-"""ID-ConvGPPN's training step under its successive defaults, on the same trained weights: forward cap 80 with the
-Jacobian regulariser 0.1 on every sample; cap 200 with it at 5 on the samples whose solve missed the tolerance; and
-today's, which adds the spectral-radius penalty (20 above 0.9).
+"""ID-ConvGPPN's training step under its successive defaults, on the same trained weights (and its cell): forward
+cap 80 with the Jacobian regulariser 0.1 on every sample; cap 200 with it at 5 on the samples whose solve missed the
+tolerance; and today's, which adds the spectral-radius penalty (20 above 0.9); then today's with the forward cap
+raised to 400 and the backward one from 50 to 200 (tried in training, not the default: docs/results.md).
 
 For each setting: median milliseconds of one training step (forward solve, cross-entropy plus regulariser, backward
 solve) over batches of 32 training maps, and the share of forward solves above tolerance, in one process:
@@ -19,17 +20,21 @@ import torch
 
 from benchmarks.trained import load_with_training_split, rebuilt
 from idp_agents.implicit import NonConvergenceWarning
+from idp_agents.planners import step_hyperparameters
+from idp_agents.policy import legacy_planner_kwargs
 from idp_agents.training import imitation_loss
 
 SETTINGS = {
     "first (cap 80, Frobenius 0.1 everywhere)": {
         "k_fwd": 80,
+        "k_bwd": 50,
         "jac_reg_weight": 0.1,
         "jac_reg_unconverged": None,
         "spectral_reg_weight": 0.0,
     },
-    "second (cap 200, Frobenius 5 where unconverged)": {"spectral_reg_weight": 0.0},
+    "second (cap 200, Frobenius 5 where unconverged)": {"k_fwd": 200, "k_bwd": 50, "spectral_reg_weight": 0.0},
     "today (second + spectral penalty 20 above 0.9)": {},
+    "today with caps 400 forward, 200 backward": {"k_fwd": 400, "k_bwd": 200},
 }
 
 
@@ -40,9 +45,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     trained, train = load_with_training_split(args.checkpoint)
+    kwargs = legacy_planner_kwargs(trained.config, trained.planner.state_dict())
+    step = {k: v for k, v in kwargs.items() if k in step_hyperparameters(type(trained.planner.step))}
     print("| setting | step ms (median) | forward solves above tolerance |\n|---|---|---|")
     for label, changes in SETTINGS.items():
-        planner = rebuilt(trained, **changes)  # today's defaults with these changes, not the checkpoint's settings
+        # today's fixed-point defaults with these changes, and the checkpoint's step (its cell, widths)
+        planner = rebuilt(trained, **step | changes)
         times, missed, solved = [], 0, 0
         for batch in range(args.batches):
             rows = slice(32 * batch, 32 * (batch + 1))

@@ -30,6 +30,7 @@ PROTOCOLS = {
     "cpu": {"train": 2000, "val": 200, "test": 500, "epochs": 10},
     "full": {"train": 10000, "val": 2000, "test": 2000, "epochs": 30},
 }
+SEEDS = (0, 1, 2)
 TASKS = {"maze15": "GridMaze-15", "cspace18": "Arm2DOF-CSpace-18"}
 PLANNER_ORDER = ("vin", "id-vin", "convgppn", "id-convgppn", "symvin", "id-symvin")
 COLUMNS = (
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--full", action="store_true", help="the published protocol (10k/2k/2k maps, 30 epochs)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--planners", nargs="+", default=list(PLANNER_ORDER), choices=sorted(PLANNERS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--jobs", type=int, default=1, help="runs at once (subprocesses)")
     p.add_argument("--devices", nargs="+", help="GPU indices to spread the jobs over")
     p.add_argument("--threads", type=int, help="torch CPU threads per run (1 when several runs share a CPU)")
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         run_sweep(sweep, jobs=args.jobs, devices=args.devices)
     # The tables cover every finished run, not only the ones this call chose: a call that trains one missing seed
     # must not shrink them to that seed.
-    seeds = sorted({0, 1, 2} | set(args.seeds))
+    seeds = sorted(set(SEEDS) | set(args.seeds))
     report = build_sweep(protocol, list(TASKS), list(PLANNER_ORDER), seeds, runs, args.threads)
     rows = [run_row(record) for record in collect(report) if record["status"] != "not run"]
     settings = ", ".join(f"{k} {v}" for k, v in PROTOCOLS[protocol].items())

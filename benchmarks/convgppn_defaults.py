@@ -20,8 +20,6 @@ import torch
 
 from benchmarks.trained import load_with_training_split, rebuilt
 from idp_agents.implicit import NonConvergenceWarning
-from idp_agents.planners import step_hyperparameters
-from idp_agents.policy import legacy_planner_kwargs
 from idp_agents.training import imitation_loss
 
 SETTINGS = {
@@ -45,12 +43,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     trained, train = load_with_training_split(args.checkpoint)
-    kwargs = legacy_planner_kwargs(trained.config, trained.planner.state_dict())
-    step = {k: v for k, v in kwargs.items() if k in step_hyperparameters(type(trained.planner.step))}
     print("| setting | step ms (median) | forward solves above tolerance |\n|---|---|---|")
     for label, changes in SETTINGS.items():
-        # today's fixed-point defaults with these changes, and the checkpoint's step (its cell, widths)
-        planner = rebuilt(trained, **step | changes)
+        planner = rebuilt(trained, **changes)  # today's fixed-point defaults with these changes
         times, missed, solved = [], 0, 0
         for batch in range(args.batches):
             rows = slice(32 * batch, 32 * (batch + 1))

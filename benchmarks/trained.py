@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from idp_agents.imitate import RunConfig, load_or_generate_dataset, split_data
-from idp_agents.planners import Planner, make_planner
-from idp_agents.policy import PlannerPolicy
+from idp_agents.planners import Planner, make_planner, step_hyperparameters
+from idp_agents.policy import PlannerPolicy, legacy_planner_kwargs
 
 
 def load_with_training_split(path: str) -> tuple[PlannerPolicy, dict]:
@@ -20,7 +20,11 @@ def load_with_training_split(path: str) -> tuple[PlannerPolicy, dict]:
 
 
 def rebuilt(trained: PlannerPolicy, **kwargs) -> Planner:
-    """The trained weights in a planner of the same name and topology made with ``kwargs``."""
+    """The trained weights in a planner of the same name, topology and step hyperparameters (its cell, widths: what
+    the weights fit), made with ``kwargs``; fixed-point settings not in ``kwargs`` take today's defaults."""
+    step = type(trained.planner.step)
+    saved = legacy_planner_kwargs(trained.config, trained.planner.state_dict())
+    kwargs = {k: v for k, v in saved.items() if k in step_hyperparameters(step)} | kwargs
     planner = make_planner(trained.config["planner"], topology=trained.planner.topology, **kwargs)
     planner.load_state_dict(trained.planner.state_dict())
     return planner

@@ -130,12 +130,12 @@ def test_fused_symvin_stays_equivariant(group):
     assert (turned.value - torch.rot90(base.value, 1, dims=(1, 2))).abs().max() < 1e-8
 
 
-def test_fused_path_runs_only_without_autograd_and_can_be_switched_off(monkeypatch):
+def test_fused_path_runs_by_default_and_can_be_switched_off(monkeypatch):
     planner = perturbed_planner("id-vin", l_h=4, l_q=5)
     maps = random_maps(2, 7, 7)
     calls = []
     original = TapMax.__call__
-    monkeypatch.setattr(TapMax, "__call__", lambda self, v: calls.append(1) or original(self, v))
+    monkeypatch.setattr(TapMax, "__call__", lambda self, v, **kw: calls.append(1) or original(self, v, **kw))
     with torch.no_grad():
         planner(maps)
     assert len(calls) == 31  # 30 forward-solver iterations, then the output step (also without autograd)
@@ -148,7 +148,12 @@ def test_fused_path_runs_only_without_autograd_and_can_be_switched_off(monkeypat
         planner(maps)
     assert not calls
     planner.step.fused = True
-    make_planner("vin", l_h=4, l_q=5, k_fwd=3)(maps).logits.sum().backward()  # unrolled training: plain steps
+    unrolled = make_planner("vin", l_h=4, l_q=5, k_fwd=3)
+    unrolled(maps).logits.sum().backward()  # training: each layer's forward fused, its backward by bellman_max
+    assert len(calls) == 3
+    calls.clear()
+    with plain_steps():
+        unrolled(maps).logits.sum().backward()
     assert not calls
     monkeypatch.setattr(fused, "_fused", False)
     with torch.no_grad():
@@ -247,18 +252,23 @@ def test_reduced_precision_forward_solve_keeps_a_float32_state_and_backward():
 
 
 @pytest.mark.parametrize("topology", ["plane", "torus"])
-@pytest.mark.parametrize("kernel", [3, 5])
-def test_vin_transposed_jacobian_equals_autograd_vector_jacobian_products(topology, kernel):
-    planner = perturbed_planner("id-vin", topology, l_h=4, l_q=6, kernel=kernel)
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("id-vin", dict(l_h=4, l_q=6, kernel=3)), ("id-vin", dict(l_h=4, l_q=6)), *CASES[1:3]],
+    ids=["vin-3x3", "vin-5x5", "symvin-c4", "symvin-d4"],
+)
+def test_vin_family_transposed_jacobian_equals_the_plain_steps_vector_jacobian_products(topology, name, kwargs):
+    planner = perturbed_planner(name, topology, **kwargs)
     maps = random_maps(2, 7, 6, seed=5)
     ctx = planner.step.encode(maps)
-    z = torch.randn(2, 1, 7, 6, requires_grad=True)
-    w = torch.randn(2, 1, 7, 6)
-    (expected,) = torch.autograd.grad(planner.step(z, ctx), z, w)
+    z0 = planner.step.initial_state(ctx)
+    z = torch.randn(z0.shape, requires_grad=True)
+    w = torch.randn(z0.shape)
+    with plain_steps():
+        (expected,) = torch.autograd.grad(planner.step(z, ctx), z, w)
+        assert planner.step.transposed_jacobian(z.detach(), ctx) is None
     product = planner.step.transposed_jacobian(z.detach(), ctx)
     assert torch.allclose(product(w), expected, atol=1e-5)
-    with plain_steps():
-        assert planner.step.transposed_jacobian(z.detach(), ctx) is None
 
 
 def test_fold_taps_is_the_transpose_of_shifted_taps():

@@ -53,6 +53,18 @@ def bounded_value_filter(weight: Tensor, discount: float | None, rows_per_field:
     return weight * scale.repeat_interleave(rows_per_field).view(-1, *([1] * (weight.dim() - 1)))
 
 
+def compose_pointwise(
+    outer: Tensor, outer_bias: Tensor | None, inner: Tensor, inner_bias: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """The conv2d filter and bias of a 1x1 convolution (``outer``, (O, C, 1, 1)) applied after another (``inner``,
+    (C, I, k, k)): equal to the two layers on every map, borders included, since the 1x1 one reads no padding."""
+    weight = torch.einsum("oc,cikl->oikl", outer.flatten(1), inner)
+    bias = None if inner_bias is None else outer.flatten(1) @ inner_bias
+    if outer_bias is not None:
+        bias = outer_bias if bias is None else bias + outer_bias
+    return weight, bias
+
+
 class _ChannelMax(torch.autograd.Function):
     """max over ``dim`` that keeps only the argmax indices (one byte per output cell when they fit) for backward."""
 

@@ -1,4 +1,4 @@
-"""Fused Bellman steps for the no-grad forward solve and evaluation, and the switches that select them.
+"""Fused Bellman steps (forward kernels for solves, evaluation and the VIN family's training step), and their switches.
 
 VIN and SymVIN: Q_c = sum_s u_{c,s} r(x+s) + sum_s w_{c,s} v(x+s) is one small matrix (C x F) times the F shifted
 taps of [r, v] at each cell, so v' = max_c Q_c is a chunked matmul over cells followed by a running max: the
@@ -6,7 +6,8 @@ taps of [r, v] at each cell, so v' = max_c Q_c is a chunked matmul over cells fo
 ConvGPPN: the GRU or LSTM gate arithmetic runs in place on the hidden-gate convolution's output.
 
 Switches: ``IDP_FUSED=0`` (or ``set_fused(False)`` / ``with plain_steps():``, or ``step.fused = False``) forces the
-plain conv-then-max path; the fused path only ever runs when autograd is off, so training graphs are unchanged.
+plain conv-then-max path. ConvGPPN's in-place gates run only when autograd is off; VIN's and SymVIN's tap max also
+computes the forward of their training step, inside ``bellman_max`` (whose backward is its own, see there).
 ``IDP_COMPILE`` chooses torch.compile for the fused kernels: ``auto`` (default) compiles on CUDA only, because on
 the 2-core AVX2 CPU it measured no faster than the eager fused kernels; ``1`` compiles everywhere; ``0`` never.
 A compilation failure falls back to the eager kernel with a warning.
@@ -135,6 +136,12 @@ def _tap_max_block(weight: Tensor, taps: Tensor, copies: int) -> Tensor:
     return q.view(copies, -1, q.shape[-1]).amax(dim=0)
 
 
+def _tap_max_indices_block(weight: Tensor, taps: Tensor, copies: int) -> tuple[Tensor, Tensor]:
+    """`_tap_max_block` and the maximal copy of each output (the first one on a tie)."""
+    q = weight @ taps
+    return q.view(copies, -1, q.shape[-1]).max(dim=0)
+
+
 _compiled_tap_max = MaybeCompiled(_tap_max_block)
 
 
@@ -165,20 +172,33 @@ class TapMax:
         else:
             self.chunk = max(256, CHUNK_BYTES // (self.weight.shape[0] * reward.element_size()))
 
-    def __call__(self, v: Tensor) -> Tensor:
+    def __call__(self, v: Tensor, indices: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """v' = the maximum over copies; with ``indices``, also the maximal copy of each output (B, G, H, W) as
+        uint8 (int64 beyond 256 copies), the first one on a tie."""
         if tuple(v.shape) != self.shape:
             raise ValueError(f"value state must have shape {self.shape}, got {tuple(v.shape)}")
         shifted_taps(v, self.kernel, self.topology, self.taps[self.n_reward :])
         cells = self.taps.shape[1]
-        if self.chunk >= cells:
-            out = _compiled_tap_max(self.weight, self.taps, self.copies)
-        else:
-            out = v.new_empty(self.groups, cells)
-            for start in range(0, cells, self.chunk):
-                block = self.taps[:, start : start + self.chunk]
-                out[:, start : start + self.chunk] = _tap_max_block(self.weight, block, self.copies)
+        if not indices and self.chunk >= cells:
+            return self._cells_to_batch(_compiled_tap_max(self.weight, self.taps, self.copies))
+        out = v.new_empty(self.groups, cells)
+        best = v.new_empty(self.groups, cells, dtype=torch.uint8 if self.copies <= 256 else torch.int64)
+        for start in range(0, cells, self.chunk):
+            block = self.taps[:, start : start + self.chunk]
+            if indices:
+                values, where = _tap_max_indices_block(self.weight, block, self.copies)
+                best[:, start : start + self.chunk] = where
+            else:
+                values = _tap_max_block(self.weight, block, self.copies)
+            out[:, start : start + self.chunk] = values
+        if indices:
+            return self._cells_to_batch(out), self._cells_to_batch(best)
+        return self._cells_to_batch(out)
+
+    def _cells_to_batch(self, x: Tensor) -> Tensor:
+        """(G, B*H*W) -> (B, G, H, W), contiguous."""
         batch, groups, height, width = self.shape
-        return out.view(groups, batch, height, width).transpose(0, 1).contiguous()
+        return x.view(groups, batch, height, width).transpose(0, 1).contiguous()
 
 
 def fold_taps(taps: Tensor, height: int, width: int, kernel: int, topology: str) -> Tensor:

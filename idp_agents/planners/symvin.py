@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,8 +30,10 @@ from idp_agents.planners.base import (
     check_discount,
     check_odd_kernel,
     check_positive,
+    compose_pointwise,
 )
-from idp_agents.planners.fused import TapMax, use_fused
+from idp_agents.planners.bellman_max import bellman_max, max_transposed_jacobian
+from idp_agents.planners.fused import TapMax, fused_enabled
 from idp_agents.planners.vin import DEFAULT_DISCOUNT, DEFAULT_KERNEL
 
 GROUP_ORDERS = {"c4": 4, "d4": 8}
@@ -113,21 +116,25 @@ class SteerableConv(nn.Module):
 
 @dataclass
 class SymVINContext:
-    """What SymVIN computes once per forward: the reward, its share of Q, and the expanded step/head filters."""
+    """What SymVIN computes once per forward: the reward and the expanded step filters."""
 
     reward: Tensor  # (B, 1, H, W), a trivial field
-    q_reward: Tensor  # (B, l_q * |G|, H, W)
-    q_value_filter: Tensor  # (l_q * |G|, |G|, F, F)
-    policy_filter: Tensor  # (|G|, l_q * |G|, 1, 1)
-    q_reward_filter: Tensor | None = None  # (l_q * |G|, 1, F, F), kept for the fused step
-    tap_max: TapMax | None = field(default=None, repr=False)  # the fused step, built on the first no-grad step
+    q_reward_filter: Tensor  # (l_q * |G|, 1, F, F)
+    q_value_filter: Tensor  # (l_q * |G|, |G|, F, F), bounded
+    tap_max: TapMax | None = field(default=None, repr=False)  # the fused step, built on first use
+
+    @property
+    def q_filter(self) -> Tensor:
+        """Q = conv_F([r, v], q_filter): (l_q * |G|, 1 + |G|, F, F)."""
+        return torch.cat([self.q_reward_filter, self.q_value_filter], dim=1)
 
 
 class SymVINStep(BellmanStep):
     """The VIN step on steerable fields: Q = conv_F(R) + conv_F(V) as l_q regular fields, V = max over the copies.
 
     ``discount`` bounds the value filter of each Q field as in VIN (one scale per field keeps it equivariant), so the
-    step is a contraction; None leaves it unbounded.
+    step is a contraction; None leaves it unbounded. As in VIN (see ``VINStep``), the linear encoder and head run as
+    one convolution each (``compose_pointwise``) and the fused Bellman max as ``bellman_max``.
     """
 
     def __init__(
@@ -156,12 +163,9 @@ class SymVINStep(BellmanStep):
         nn.init.zeros_(self.q_value.weight)  # as VIN: the untrained step is constant in v
 
     def encode(self, maps: Tensor) -> SymVINContext:
-        hidden = self.conv(maps, *self.h.filter())
-        reward = self.conv(hidden, *self.r.filter())
-        q_reward_filter = self.q_reward.filter()[0]
-        q_reward = self.conv(reward, q_reward_filter)
+        reward = self.conv(maps, *compose_pointwise(*self.r.filter(), *self.h.filter()))
         value_filter = bounded_value_filter(self.q_value.filter()[0], self.discount, rows_per_field=self.order)
-        return SymVINContext(reward, q_reward, value_filter, self.policy.filter()[0], q_reward_filter)
+        return SymVINContext(reward, self.q_reward.filter()[0], value_filter)
 
     def initial_state(self, ctx: SymVINContext) -> Tensor:
         b, _, h, w = ctx.reward.shape
@@ -169,18 +173,30 @@ class SymVINStep(BellmanStep):
 
     def q_values(self, v: Tensor, ctx: SymVINContext) -> Tensor:
         """Q (B, l_q * |G|, H, W) for the regular value field v (B, |G|, H, W)."""
-        return ctx.q_reward + self.conv(v, ctx.q_value_filter)
+        return self.conv(torch.cat([ctx.reward, v], dim=1), ctx.q_filter)
+
+    def _tap_max(self, ctx: SymVINContext) -> TapMax:
+        if ctx.tap_max is None:
+            ctx.tap_max = TapMax(ctx.reward, ctx.q_reward_filter, ctx.q_value_filter, self.l_q, self.topology)
+        return ctx.tap_max
 
     def forward(self, z: Tensor, ctx: SymVINContext) -> Tensor:
-        if use_fused(self.fused) and ctx.q_reward_filter is not None:
-            if ctx.tap_max is None:
-                ctx.tap_max = TapMax(ctx.reward, ctx.q_reward_filter, ctx.q_value_filter, self.l_q, self.topology)
-            return ctx.tap_max(z)
-        q = self.q_values(z, ctx)
-        return channel_max(q.unflatten(1, (self.l_q, self.order))).squeeze(1)
+        if not (self.fused and fused_enabled()):
+            q = self.q_values(z, ctx)
+            return channel_max(q.unflatten(1, (self.l_q, self.order))).squeeze(1)
+        if torch.is_grad_enabled():
+            return bellman_max(ctx.reward, z, ctx.q_reward_filter, ctx.q_value_filter, self._tap_max(ctx))
+        return self._tap_max(ctx)(z)
+
+    def transposed_jacobian(self, z: Tensor, ctx: SymVINContext) -> Callable[[Tensor], Tensor] | None:
+        """w -> J^T w at z, J = d step / d v (``max_transposed_jacobian``); None on the plain path."""
+        if not (self.fused and fused_enabled()):
+            return None
+        return max_transposed_jacobian(z, ctx.q_value_filter, self._tap_max(ctx))
 
     def head(self, z: Tensor, ctx: SymVINContext) -> Tensor:
-        field = self.conv(self.q_values(z, ctx), ctx.policy_filter)
+        policy_filter, _ = compose_pointwise(self.policy.filter()[0], None, ctx.q_filter, None)
+        field = self.conv(torch.cat([ctx.reward, z], dim=1), policy_filter)
         # Channel g holds element g; for D4 channels a and 4 + a are r^a and r^a s (s the left-right flip,
         # which fixes N), the coset r^a <s> that maps north to action a. For C4 this is the identity.
         return field.unflatten(1, (self.order // 4, 4)).sum(dim=1)

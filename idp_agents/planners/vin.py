@@ -16,9 +16,11 @@ from idp_agents.planners.base import (
     check_discount,
     check_odd_kernel,
     check_positive,
+    compose_pointwise,
     same_conv_module,
 )
-from idp_agents.planners.fused import TapMax, fold_taps, fused_enabled, use_fused
+from idp_agents.planners.bellman_max import bellman_max, max_transposed_jacobian
+from idp_agents.planners.fused import TapMax, fused_enabled
 
 DEFAULT_KERNEL = 5
 DEFAULT_DISCOUNT = 0.95
@@ -26,12 +28,15 @@ DEFAULT_DISCOUNT = 0.95
 
 @dataclass
 class VINContext:
-    """What VIN computes once per forward: the reward map and its share of Q."""
+    """What VIN computes once per forward: the reward map and the step's filters."""
 
     reward: Tensor  # (B, 1, H, W)
-    q_reward: Tensor  # (B, l_q, H, W): conv(r, w_r), the part of Q that does not change between steps
-    value_filter: Tensor  # (l_q, 1, F, F): the bounded value share of Q's filter
-    tap_max: TapMax | None = field(default=None, repr=False)  # the fused step, built on the first no-grad step
+    q_filter: Tensor  # (l_q, 2, F, F): Q = conv_F([r, v], q_filter), the value share bounded
+    tap_max: TapMax | None = field(default=None, repr=False)  # the fused step, built on first use
+
+    @property
+    def value_filter(self) -> Tensor:
+        return self.q_filter[:, 1:]
 
 
 class VINStep(BellmanStep):
@@ -39,6 +44,12 @@ class VINStep(BellmanStep):
 
     ``discount`` bounds each Q channel's value filter to that L1 norm (see ``bounded_value_filter``), which makes
     the step a contraction with a unique fixed point; None leaves it unbounded, as in the published VIN.
+
+    The encoder and the policy head are linear, as published, and computed as such: r is one 3x3 convolution with
+    the 1x1 filter composed into the 3x3 one (``compose_pointwise``), and the logits are one F x F convolution of
+    [r, v] with the policy's 1x1 filter composed into Q's. The model and its gradients are those of the layers
+    written out; only the l_h- and l_q-channel intermediates are never formed. With fused steps (the default) the
+    Bellman max runs as ``bellman_max``, whose backward touches only each cell's maximal channel.
     """
 
     def __init__(
@@ -66,45 +77,38 @@ class VINStep(BellmanStep):
         nn.init.zeros_(self.q_value)
 
     def encode(self, maps: Tensor) -> VINContext:
-        reward = self.r(self.h(maps))
+        reward = self.conv(maps, *compose_pointwise(self.r.weight, None, self.h.weight, self.h.bias))
         value_filter = bounded_value_filter(self.q_value, self.discount)
-        return VINContext(reward=reward, q_reward=self.conv(reward, self.q_reward), value_filter=value_filter)
+        return VINContext(reward=reward, q_filter=torch.cat([self.q_reward, value_filter], dim=1))
 
     def initial_state(self, ctx: VINContext) -> Tensor:
         return torch.zeros_like(ctx.reward)
 
     def q_values(self, v: Tensor, ctx: VINContext) -> Tensor:
         """Q (B, l_q, H, W) for the value map v (B, 1, H, W)."""
-        return ctx.q_reward + self.conv(v, ctx.value_filter)
+        return self.conv(torch.cat([ctx.reward, v], dim=1), ctx.q_filter)
+
+    def _tap_max(self, ctx: VINContext) -> TapMax:
+        if ctx.tap_max is None:
+            ctx.tap_max = TapMax(ctx.reward, self.q_reward, ctx.value_filter, self.l_q, self.topology)
+        return ctx.tap_max
 
     def forward(self, z: Tensor, ctx: VINContext) -> Tensor:
-        if use_fused(self.fused):
-            if ctx.tap_max is None:
-                ctx.tap_max = TapMax(ctx.reward, self.q_reward, ctx.value_filter, self.l_q, self.topology)
-            return ctx.tap_max(z)
-        return channel_max(self.q_values(z, ctx))
+        if not (self.fused and fused_enabled()):
+            return channel_max(self.q_values(z, ctx))
+        if torch.is_grad_enabled():
+            return bellman_max(ctx.reward, z, self.q_reward, ctx.value_filter, self._tap_max(ctx))
+        return self._tap_max(ctx)(z)
 
     def transposed_jacobian(self, z: Tensor, ctx: VINContext) -> Callable[[Tensor], Tensor] | None:
-        """w -> J^T w at z, J = d step / d v: each cell sends w times its argmax channel's value filter back.
-
-        Builds (B, k*k, H*W) coefficients once, so each product is k*k multiplies and a fold instead of a
-        (B, l_q, H, W) scatter and a transposed convolution. Ties in the max are broken towards the first channel
-        (autograd's amax splits the gradient between them; a tie is a point where the step is not differentiable).
-        """
-        if not self.fused or not fused_enabled():
+        """w -> J^T w at z, J = d step / d v (``max_transposed_jacobian``); None on the plain path."""
+        if not (self.fused and fused_enabled()):
             return None
-        with torch.no_grad():
-            best = self.q_values(z, ctx).argmax(dim=1).flatten(1)  # (B, H*W)
-            coefficients = ctx.value_filter.detach().flatten(1)[best].transpose(1, 2)  # (B, k*k, H*W)
-        height, width = z.shape[-2:]
-
-        def product(w: Tensor) -> Tensor:
-            return fold_taps(coefficients * w.flatten(2), height, width, self.kernel, self.topology)
-
-        return product
+        return max_transposed_jacobian(z, ctx.value_filter, self._tap_max(ctx))
 
     def head(self, z: Tensor, ctx: VINContext) -> Tensor:
-        return self.policy(self.q_values(z, ctx))
+        policy_filter, _ = compose_pointwise(self.policy.weight, None, ctx.q_filter, None)
+        return self.conv(torch.cat([ctx.reward, z], dim=1), policy_filter)
 
     def value_map(self, z: Tensor) -> Tensor:
         return z[:, 0]

@@ -1,10 +1,12 @@
-"""What an unrolled VIN / SymVIN keeps for backward, and its training-step time: the max over Q by `channel_max`
-(argmax only) against `amax`.
+"""What an unrolled VIN / SymVIN keeps for backward, and its training-step time, for three ways of taking the max
+over Q: the default (VIN: ``bellman_max``, one op with an argmax-sparse backward; SymVIN: a dense convolution and
+``channel_max``), and on the plain path (``plain_steps``) a dense convolution followed by ``channel_max`` (argmax
+only) or by ``amax`` (keeps Q, as the published code).
 
 Counts the distinct storages autograd saves during one forward of default-size planners on 8 random maps (15x15
 by default, at K = 30 and 120), the peak memory of one forward + backward (torch.profiler's CPU memory events, as
 ``bench_planners``), and times forward + backward (median of 5 after a warm-up), in one process (the amax variant by
-swapping the steps' max function in):
+swapping the plain steps' max function in):
 
     python -m benchmarks.saved_memory
     python -m benchmarks.saved_memory --size 49 --ks 80
@@ -13,6 +15,7 @@ swapping the steps' max function in):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -23,6 +26,7 @@ import idp_agents.planners.vin as vin
 from benchmarks.bench_planners import peak_memory_bytes
 from idp_agents.planners import make_planner
 from idp_agents.planners.base import channel_max
+from idp_agents.planners.fused import plain_steps
 from idp_agents.training import autograd_saved_bytes
 
 PLANNERS = ("vin", "symvin")
@@ -56,14 +60,20 @@ def step_ms(name: str, k: int, size: int, repeats: int = 5) -> float:
     return statistics.median(times[1:])
 
 
-def measure(max_function, ks: list[int], size: int) -> dict[tuple[str, int], tuple[float, float, float]]:
-    vin.channel_max = symvin.channel_max = max_function
+VARIANTS = {"default": None, "channel_max": channel_max, "amax": lambda q: q.amax(dim=1, keepdim=True)}
+
+
+def measure(variant: str, ks: list[int], size: int) -> dict[tuple[str, int], tuple[float, float, float]]:
+    """(saved MiB, peak MiB, step ms) per (planner, K) with the max over Q taken by ``variant``."""
+    max_function = VARIANTS[variant]
+    vin.channel_max = symvin.channel_max = max_function or channel_max
     try:
-        return {
-            (name, k): (saved_mib(name, k, size), peak_mib(name, k, size), step_ms(name, k, size))
-            for name in PLANNERS
-            for k in ks
-        }
+        with plain_steps() if max_function is not None else contextlib.nullcontext():
+            return {
+                (name, k): (saved_mib(name, k, size), peak_mib(name, k, size), step_ms(name, k, size))
+                for name in PLANNERS
+                for k in ks
+            }
     finally:
         vin.channel_max = symvin.channel_max = channel_max
 
@@ -74,20 +84,14 @@ def main() -> None:
     p.add_argument("--ks", type=int, nargs="+", default=[30, 120])
     args = p.parse_args()
     torch.set_num_threads(1)
-    lean = measure(channel_max, args.ks, args.size)
-    full = measure(lambda q: q.amax(dim=1, keepdim=True), args.ks, args.size)
-    print(f"{args.size}x{args.size} maps, batch 8")
-    print(
-        "| planner | K | saved MiB, channel_max | amax | ratio | peak MiB, channel_max | amax | ratio "
-        "| step ms, channel_max | amax |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for (name, k), (mib, peak, ms) in lean.items():
-        full_mib, full_peak, full_ms = full[name, k]
-        print(
-            f"| {name} | {k} | {mib:.2f} | {full_mib:.2f} | {full_mib / mib:.1f}x | {peak:.1f} | {full_peak:.1f} | "
-            f"{full_peak / peak:.1f}x | {ms:.1f} | {full_ms:.1f} |"
-        )
+    results = {variant: measure(variant, args.ks, args.size) for variant in VARIANTS}
+    names = " / ".join(VARIANTS)
+    print(f"{args.size}x{args.size} maps, batch 8; each cell: {names}")
+    print("| planner | K | saved MiB | peak MiB | step ms |")
+    print("|---|---|---|---|---|")
+    for name, k in results["default"]:
+        cells = [" / ".join(f"{results[v][name, k][i]:.{1 if i else 2}f}" for v in VARIANTS) for i in range(3)]
+        print(f"| {name} | {k} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ def test_linear_encoder_and_head_equal_the_layers_written_out(topology, name, kw
 
     reward = conv(conv(maps, step.h), step.r)
     q_reward = conv(reward, step.q_reward) if name == "symvin" else same_conv2d(reward, step.q_reward, None, topology)
-    q = q_reward + same_conv2d(v, ctx.q_filter[:, 1:], None, topology)
+    value_filter = ctx.q_value_filter if name == "symvin" else ctx.value_filter
+    q = q_reward + same_conv2d(v, value_filter, None, topology)
     logits = conv(q, step.policy)
     if name == "symvin":
         logits = logits.unflatten(1, (step.order // 4, 4)).sum(dim=1)

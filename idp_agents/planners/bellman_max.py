@@ -10,10 +10,11 @@ instead of O(C F^2). It keeps only the inputs and the argmax (one byte per cell)
 what ``channel_max`` did. Its backward is built from differentiable operations, so a double backward (the Jacobian
 regulariser's ``create_graph``) works through it.
 
-VIN (G = 1, C = l_q = 100) trains through it. SymVIN's training step keeps the dense max: with G = |G| value
-channels and only l_q = 25 copies, the gathered rows are G times wider and it measured slower than the convolutions'
-own backward (332 against 222 ms, unrolled, K = 30, batch 8, 15x15). ``max_transposed_jacobian``, the same gather
-as a map w -> J^T w with its rows gathered once per backward solve, serves both.
+VIN (G = 1, C = l_q = 100) trains through it, and ``max_transposed_jacobian`` is the same gather as a map
+w -> J^T w for its implicit backward solve, with its (B, k*k, H*W) rows gathered once per solve. SymVIN keeps the
+dense max and autograd's products: with G = |G| value channels and only l_q = 25 copies, the gathered rows are G
+times wider (G^2 k^2 floats per cell, 4-8x its Q), and its unrolled step measured slower (332 against 222 ms,
+K = 30, batch 8, 15x15) and its implicit one no faster at 49x49, with 1.7x the peak memory.
 """
 
 from __future__ import annotations

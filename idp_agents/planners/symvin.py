@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +31,6 @@ from idp_agents.planners.base import (
     check_positive,
     compose_pointwise,
 )
-from idp_agents.planners.bellman_max import max_transposed_jacobian
 from idp_agents.planners.fused import TapMax, fused_enabled
 from idp_agents.planners.vin import DEFAULT_DISCOUNT, DEFAULT_KERNEL
 
@@ -130,8 +128,7 @@ class SymVINStep(BellmanStep):
 
     ``discount`` bounds the value filter of each Q field as in VIN (one scale per field keeps it equivariant), so the
     step is a contraction; None leaves it unbounded. As in VIN (see ``VINStep``), the linear encoder and head run as
-    one convolution each (``compose_pointwise``), and the implicit backward solve's products gather the maximal
-    channel's filter rows (``max_transposed_jacobian``).
+    one convolution each (``compose_pointwise``).
     """
 
     def __init__(
@@ -179,18 +176,12 @@ class SymVINStep(BellmanStep):
         return ctx.tap_max
 
     def forward(self, z: Tensor, ctx: SymVINContext) -> Tensor:
-        # With autograd on, the dense max: for SymVIN's |G| value channels a gathered backward (``bellman_max``)
-        # measured slower than the convolutions' own (222 against 332 ms, unrolled, K=30, batch 8, 15x15).
+        # With autograd on, the dense max and autograd's backward: for SymVIN's |G| value channels the gathered one
+        # of ``bellman_max`` measured slower (see there), and its J^T rows held 4-8x the memory of Q.
         if torch.is_grad_enabled() or not (self.fused and fused_enabled()):
             q = self.q_values(z, ctx)
             return channel_max(q.unflatten(1, (self.l_q, self.order))).squeeze(1)
         return self._tap_max(ctx)(z)
-
-    def transposed_jacobian(self, z: Tensor, ctx: SymVINContext) -> Callable[[Tensor], Tensor] | None:
-        """w -> J^T w at z, J = d step / d v (``max_transposed_jacobian``); None on the plain path."""
-        if not (self.fused and fused_enabled()):
-            return None
-        return max_transposed_jacobian(z, ctx.q_value_filter, self._tap_max(ctx))
 
     def head(self, z: Tensor, ctx: SymVINContext) -> Tensor:
         q_filter = torch.cat([ctx.q_reward_filter, ctx.q_value_filter], dim=1)

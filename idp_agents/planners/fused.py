@@ -1,4 +1,4 @@
-"""Fused Bellman steps (forward kernels for solves, evaluation and the VIN family's training step), and their switches.
+"""Fused Bellman steps (forward kernels for solves, evaluation and VIN's training step), and their switches.
 
 VIN and SymVIN: Q_c = sum_s u_{c,s} r(x+s) + sum_s w_{c,s} v(x+s) is one small matrix (C x F) times the F shifted
 taps of [r, v] at each cell, so v' = max_c Q_c is a chunked matmul over cells followed by a running max: the
@@ -6,8 +6,8 @@ taps of [r, v] at each cell, so v' = max_c Q_c is a chunked matmul over cells fo
 ConvGPPN: the GRU or LSTM gate arithmetic runs in place on the hidden-gate convolution's output.
 
 Switches: ``IDP_FUSED=0`` (or ``set_fused(False)`` / ``with plain_steps():``, or ``step.fused = False``) forces the
-plain conv-then-max path. ConvGPPN's in-place gates run only when autograd is off; VIN's and SymVIN's tap max also
-computes the forward of their training step, inside ``bellman_max`` (whose backward is its own, see there).
+plain conv-then-max path. ConvGPPN's in-place gates and SymVIN's tap max run only when autograd is off; VIN's tap
+max also computes the forward of its training step, inside ``bellman_max`` (whose backward is its own, see there).
 ``IDP_COMPILE`` chooses torch.compile for the fused kernels: ``auto`` (default) compiles on CUDA only, because on
 the 2-core AVX2 CPU it measured no faster than the eager fused kernels; ``1`` compiles everywhere; ``0`` never.
 A compilation failure falls back to the eager kernel with a warning.
@@ -182,7 +182,8 @@ class TapMax:
         if not indices and self.chunk >= cells:
             return self._cells_to_batch(_compiled_tap_max(self.weight, self.taps, self.copies))
         out = v.new_empty(self.groups, cells)
-        best = v.new_empty(self.groups, cells, dtype=torch.uint8 if self.copies <= 256 else torch.int64)
+        index_dtype = torch.uint8 if self.copies <= 256 else torch.int64
+        best = v.new_empty(self.groups, cells, dtype=index_dtype) if indices else None
         for start in range(0, cells, self.chunk):
             block = self.taps[:, start : start + self.chunk]
             if indices:

@@ -101,9 +101,10 @@ def test_fused_and_plain_solves_reach_the_same_fixed_point(name, kwargs):
     assert close(fused_out.info.forward.final_residual, plain_out.info.forward.final_residual, 1e-3)
 
 
-@pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
+@pytest.mark.parametrize(("name", "kwargs"), [*CASES, ("vin", dict(l_h=8, l_q=10))], ids=[*IDS, "vin-unrolled"])
 def test_fused_forward_solve_gives_the_plain_gradients(name, kwargs):
-    """Training runs the forward solve fused (autograd is off there) and the IFT backward through the plain step."""
+    """Training with fused steps (the no-grad forward solve, VIN's ``bellman_max`` and J^T products, ConvGPPN's
+    in-place gates) gives the plain steps' gradients, implicit and unrolled."""
     maps = random_maps(3, 9, 9, seed=2)
     labels = torch.randint(0, 4, (3, 9, 9), generator=torch.Generator().manual_seed(3))
     grads = []

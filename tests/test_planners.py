@@ -389,3 +389,22 @@ def test_implicit_training_step_synchronises_twice_with_or_without_tolerances(na
         info = outputs[0].info
         checks = len(info.forward.residuals) + sum(len(b.residuals) for b in info.backward)
         assert checks > 2 and syncs == 2  # one read per check would make more
+
+
+def test_a_seeded_symvin_has_the_same_weights_whether_or_not_its_bases_were_cached():
+    """Building e2cnn's bases (once per process) must not consume the caller's random draws."""
+    import numpy as np
+
+    from idp_agents.planners.symvin import steerable_basis
+
+    states = []
+    for clear in (True, False):
+        if clear:
+            steerable_basis.cache_clear()
+        torch.manual_seed(0)
+        np.random.seed(0)
+        planner = make_planner("symvin", group="d4", l_h=2, l_q=2)
+        states.append((planner.state_dict(), torch.rand(1).item(), np.random.rand()))
+    (first, torch_after, numpy_after), (second, torch_again, numpy_again) = states
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert (torch_after, numpy_after) == (torch_again, numpy_again)

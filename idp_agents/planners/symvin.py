@@ -19,6 +19,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -70,7 +71,10 @@ def steerable_basis(group: str, in_kind: str, out_kind: str, kernel: int) -> Ten
 
     gspace = gspaces.Rot2dOnR2(4) if group == "c4" else gspaces.FlipRot2dOnR2(4)
     reprs = {"trivial": gspace.trivial_repr, "regular": gspace.regular_repr}
-    with warnings.catch_warnings():
+    # R2Conv initialises weights we discard; forking the RNGs keeps a seeded planner's weights the same whether or
+    # not this cache was already filled in the process (it consumed the caller's random draws before).
+    numpy_state = np.random.get_state()
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")  # e2cnn's deprecation noise under torch 2.x
         conv = enn.R2Conv(
             enn.FieldType(gspace, [reprs[in_kind]]), enn.FieldType(gspace, [reprs[out_kind]]), kernel, bias=False
@@ -78,6 +82,7 @@ def steerable_basis(group: str, in_kind: str, out_kind: str, kernel: int) -> Ten
         with torch.no_grad():
             unit = torch.eye(conv.weights.numel(), dtype=conv.weights.dtype)
             basis = torch.stack([conv.basisexpansion(unit[i]) for i in range(len(unit))])
+    np.random.set_state(numpy_state)
     return basis.reshape(len(unit), d_out, d_in, kernel, kernel).float().contiguous()
 
 

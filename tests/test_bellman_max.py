@@ -9,8 +9,8 @@ import torch
 
 from idp_agents.planners import make_planner
 from idp_agents.planners.base import channel_max, same_conv2d
-from idp_agents.planners.bellman_max import bellman_max, unfold_taps
-from idp_agents.planners.fused import TapMax, fold_taps
+from idp_agents.planners.bellman_max import MaxStepContext, bellman_max, unfold_taps
+from idp_agents.planners.fused import fold_taps
 
 
 def dense_max(reward, v, weight_r, weight_v, copies, topology):
@@ -19,7 +19,8 @@ def dense_max(reward, v, weight_r, weight_v, copies, topology):
 
 
 def sparse_max(reward, v, weight_r, weight_v, copies, topology):
-    return bellman_max(reward, v, weight_r, weight_v, TapMax(reward, weight_r, weight_v, copies, topology))
+    ctx = MaxStepContext(reward=reward, q_reward_filter=weight_r, value_filter=weight_v)
+    return bellman_max(v, ctx, copies, topology)
 
 
 def inputs(groups: int, copies: int, kernel: int, seed: int = 0):
@@ -88,8 +89,7 @@ def test_linear_encoder_and_head_equal_the_layers_written_out(topology, name, kw
 
     reward = conv(conv(maps, step.h), step.r)
     q_reward = conv(reward, step.q_reward) if name == "symvin" else same_conv2d(reward, step.q_reward, None, topology)
-    value_filter = ctx.q_value_filter if name == "symvin" else ctx.value_filter
-    q = q_reward + same_conv2d(v, value_filter, None, topology)
+    q = q_reward + same_conv2d(v, ctx.value_filter, None, topology)
     logits = conv(q, step.policy)
     if name == "symvin":
         logits = logits.unflatten(1, (step.order // 4, 4)).sum(dim=1)

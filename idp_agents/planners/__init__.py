@@ -34,8 +34,9 @@ class PlannerSpec:
 # longest 15x15 maze paths reach 62-77 steps; at a cap of 80, 1-3% of solves stopped above tolerance for lack of
 # iterations. The tolerance stops each solve early, so the cap costs only on the maps that need it. All of this was
 # measured with the GRU cell; with the LSTM (today's default cell) the same settings learn, but 2-3% of maze solves
-# need more than 200 iterations. Caps of 400 forward and 200 backward converged more solves but learned less on the
-# mazes and collapsed once on the C-space (docs/results.md, "Larger solver caps for the LSTM").
+# end above tolerance: maps where the learned step sits at spectral radius ~1 (benchmarks.unconverged_radius), which
+# larger caps (400 / 200 learned less and collapsed once on the C-space; 400 / 50 halved the misses) do not fix
+# (docs/results.md, "Larger solver caps for the LSTM").
 ID_CONVGPPN_DEFAULTS = {"jac_reg_weight": 0.0, "jac_reg_unconverged": 5.0, "spectral_reg_weight": 20.0, "k_fwd": 200}
 
 PLANNERS: dict[str, PlannerSpec] = {

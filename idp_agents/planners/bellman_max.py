@@ -20,6 +20,7 @@ K = 30, batch 8, 15x15) and its implicit one no faster at 49x49, with 1.7x the p
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,29 @@ from torch import Tensor
 
 from idp_agents.planners.fused import TapMax, fold_taps
 
-__all__ = ["bellman_max", "max_transposed_jacobian", "unfold_taps"]
+__all__ = ["MaxStepContext", "bellman_max", "max_transposed_jacobian", "unfold_taps"]
+
+
+@dataclass(kw_only=True)
+class MaxStepContext:
+    """What a VIN-family step computes once per forward: the reward and Q's filter, split into its reward and value
+    shares: Q = conv_F(reward, q_reward_filter) + conv_F(v, value_filter), C = copies * G channels."""
+
+    reward: Tensor  # (B, C_r, H, W)
+    q_reward_filter: Tensor  # (C, C_r, F, F)
+    value_filter: Tensor  # (C, G, F, F), bounded
+    tap_max: TapMax | None = field(default=None, repr=False)
+
+    @property
+    def q_filter(self) -> Tensor:
+        """Q's whole filter, Q = conv_F([reward, v], q_filter): (C, C_r + G, F, F)."""
+        return torch.cat([self.q_reward_filter, self.value_filter], dim=1)
+
+    def fused_step(self, copies: int, topology: str) -> TapMax:
+        """The fused step (``TapMax``) for this forward, built on first use from these tensors."""
+        if self.tap_max is None:
+            self.tap_max = TapMax(self.reward, self.q_reward_filter, self.value_filter, copies, topology)
+        return self.tap_max
 
 
 def unfold_taps(x: Tensor, kernel: int, topology: str) -> Tensor:
@@ -93,26 +116,25 @@ class _BellmanMax(torch.autograd.Function):
         return tuple(grads)
 
 
-def bellman_max(reward: Tensor, v: Tensor, weight_r: Tensor, weight_v: Tensor, tap_max: TapMax) -> Tensor:
-    """v' (B, G, H, W) = max over copies of conv(reward, weight_r) + conv(v, weight_v), differentiable in all four.
-
-    ``tap_max`` is the fused step built from (detached copies of) the same reward and filters, which computes the
-    forward; ``weight_r`` (C, C_r, k, k) and ``weight_v`` (C, G, k, k) have C = copies * G output channels.
-    Ties go to the first maximal copy, as in ``channel_max``.
-    """
-    return _BellmanMax.apply(reward, v, weight_r, weight_v, tap_max)
+def bellman_max(v: Tensor, ctx: MaxStepContext, copies: int, topology: str) -> Tensor:
+    """v' (B, G, H, W) = max over copies of conv(ctx.reward, ctx.q_reward_filter) + conv(v, ctx.value_filter),
+    differentiable in v, the reward and both filters; the forward is the context's fused step. Ties go to the first
+    maximal copy, as in ``channel_max``."""
+    step = ctx.fused_step(copies, topology)
+    return _BellmanMax.apply(ctx.reward, v, ctx.q_reward_filter, ctx.value_filter, step)
 
 
-def max_transposed_jacobian(z: Tensor, weight_v: Tensor, tap_max: TapMax) -> Callable[[Tensor], Tensor]:
+def max_transposed_jacobian(z: Tensor, ctx: MaxStepContext, copies: int, topology: str) -> Callable[[Tensor], Tensor]:
     """w -> J^T w for the step at z, J = d v' / d v: each output cell sends w times its maximal channel's value
     filter back. The (B, G, G*k*k, H*W) coefficients are gathered once, so a product is a multiply and a fold
     instead of a (B, C, H, W) scatter and a transposed convolution."""
+    weight_v = ctx.value_filter
     with torch.no_grad():
-        _, indices = tap_max(z, indices=True)
+        _, indices = ctx.fused_step(copies, topology)(z, indices=True)
         rows = _filter_rows(weight_v.detach(), _maximal_channels(indices, z.shape[1])).contiguous()
     height, width = z.shape[-2:]
 
     def product(w: Tensor) -> Tensor:
-        return _fold_rows(rows, w, height, width, weight_v.shape[-1], tap_max.topology)
+        return _fold_rows(rows, w, height, width, weight_v.shape[-1], topology)
 
     return product

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ from idp_agents.planners.base import (
     check_positive,
     compose_pointwise,
 )
-from idp_agents.planners.fused import TapMax, fused_enabled
+from idp_agents.planners.bellman_max import MaxStepContext
+from idp_agents.planners.fused import fused_enabled
 from idp_agents.planners.vin import DEFAULT_DISCOUNT, DEFAULT_KERNEL
 
 GROUP_ORDERS = {"c4": 4, "d4": 8}
@@ -117,15 +118,12 @@ class SteerableConv(nn.Module):
         return weight, bias
 
 
-@dataclass
-class SymVINContext:
-    """What SymVIN computes once per forward: the reward, its share of Q, and the expanded step filters."""
+@dataclass(kw_only=True)
+class SymVINContext(MaxStepContext):
+    """``MaxStepContext`` (reward (B, 1, H, W), filters (l_q * |G|, 1 or |G|, F, F)) and the reward's share of Q,
+    which the dense training step adds to its value share."""
 
-    reward: Tensor  # (B, 1, H, W), a trivial field
-    q_reward_filter: Tensor  # (l_q * |G|, 1, F, F)
-    q_value_filter: Tensor  # (l_q * |G|, |G|, F, F), bounded
-    q_reward: Tensor  # (B, l_q * |G|, H, W): the reward's share of Q
-    tap_max: TapMax | None = field(default=None, repr=False)  # the fused step, built on first use
+    q_reward: Tensor  # (B, l_q * |G|, H, W)
 
 
 class SymVINStep(BellmanStep):
@@ -165,7 +163,12 @@ class SymVINStep(BellmanStep):
         reward = self.conv(maps, *compose_pointwise(*self.r.filter(), *self.h.filter()))
         q_reward_filter = self.q_reward.filter()[0]
         value_filter = bounded_value_filter(self.q_value.filter()[0], self.discount, rows_per_field=self.order)
-        return SymVINContext(reward, q_reward_filter, value_filter, self.conv(reward, q_reward_filter))
+        return SymVINContext(
+            reward=reward,
+            q_reward_filter=q_reward_filter,
+            value_filter=value_filter,
+            q_reward=self.conv(reward, q_reward_filter),
+        )
 
     def initial_state(self, ctx: SymVINContext) -> Tensor:
         b, _, h, w = ctx.reward.shape
@@ -173,12 +176,7 @@ class SymVINStep(BellmanStep):
 
     def q_values(self, v: Tensor, ctx: SymVINContext) -> Tensor:
         """Q (B, l_q * |G|, H, W) for the regular value field v (B, |G|, H, W)."""
-        return ctx.q_reward + self.conv(v, ctx.q_value_filter)
-
-    def _tap_max(self, ctx: SymVINContext) -> TapMax:
-        if ctx.tap_max is None:
-            ctx.tap_max = TapMax(ctx.reward, ctx.q_reward_filter, ctx.q_value_filter, self.l_q, self.topology)
-        return ctx.tap_max
+        return ctx.q_reward + self.conv(v, ctx.value_filter)
 
     def forward(self, z: Tensor, ctx: SymVINContext) -> Tensor:
         # With autograd on, the dense max and autograd's backward: for SymVIN's |G| value channels the gathered one
@@ -186,11 +184,10 @@ class SymVINStep(BellmanStep):
         if torch.is_grad_enabled() or not (self.fused and fused_enabled()):
             q = self.q_values(z, ctx)
             return channel_max(q.unflatten(1, (self.l_q, self.order))).squeeze(1)
-        return self._tap_max(ctx)(z)
+        return ctx.fused_step(self.l_q, self.topology)(z)
 
     def head(self, z: Tensor, ctx: SymVINContext) -> Tensor:
-        q_filter = torch.cat([ctx.q_reward_filter, ctx.q_value_filter], dim=1)
-        policy_filter, _ = compose_pointwise(self.policy.filter()[0], None, q_filter, None)
+        policy_filter, _ = compose_pointwise(self.policy.filter()[0], None, ctx.q_filter, None)
         field = self.conv(torch.cat([ctx.reward, z], dim=1), policy_filter)
         # Channel g holds element g; for D4 channels a and 4 + a are r^a and r^a s (s the left-right flip,
         # which fixes N), the coset r^a <s> that maps north to action a. For C4 this is the identity.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -19,24 +18,14 @@ from idp_agents.planners.base import (
     compose_pointwise,
     same_conv_module,
 )
-from idp_agents.planners.bellman_max import bellman_max, max_transposed_jacobian
-from idp_agents.planners.fused import TapMax, fused_enabled
+from idp_agents.planners.bellman_max import MaxStepContext, bellman_max, max_transposed_jacobian
+from idp_agents.planners.fused import fused_enabled
 
 DEFAULT_KERNEL = 5
 DEFAULT_DISCOUNT = 0.95
 
 
-@dataclass
-class VINContext:
-    """What VIN computes once per forward: the reward map and the step's filters."""
-
-    reward: Tensor  # (B, 1, H, W)
-    q_filter: Tensor  # (l_q, 2, F, F): Q = conv_F([r, v], q_filter), the value share bounded
-    tap_max: TapMax | None = field(default=None, repr=False)  # the fused step, built on first use
-
-    @property
-    def value_filter(self) -> Tensor:
-        return self.q_filter[:, 1:]
+VINContext = MaxStepContext  # reward (B, 1, H, W); filters (l_q, 1, F, F)
 
 
 class VINStep(BellmanStep):
@@ -79,7 +68,7 @@ class VINStep(BellmanStep):
     def encode(self, maps: Tensor) -> VINContext:
         reward = self.conv(maps, *compose_pointwise(self.r.weight, None, self.h.weight, self.h.bias))
         value_filter = bounded_value_filter(self.q_value, self.discount)
-        return VINContext(reward=reward, q_filter=torch.cat([self.q_reward, value_filter], dim=1))
+        return VINContext(reward=reward, q_reward_filter=self.q_reward, value_filter=value_filter)
 
     def initial_state(self, ctx: VINContext) -> Tensor:
         return torch.zeros_like(ctx.reward)
@@ -88,23 +77,18 @@ class VINStep(BellmanStep):
         """Q (B, l_q, H, W) for the value map v (B, 1, H, W)."""
         return self.conv(torch.cat([ctx.reward, v], dim=1), ctx.q_filter)
 
-    def _tap_max(self, ctx: VINContext) -> TapMax:
-        if ctx.tap_max is None:
-            ctx.tap_max = TapMax(ctx.reward, self.q_reward, ctx.value_filter, self.l_q, self.topology)
-        return ctx.tap_max
-
     def forward(self, z: Tensor, ctx: VINContext) -> Tensor:
         if not (self.fused and fused_enabled()):
             return channel_max(self.q_values(z, ctx))
         if torch.is_grad_enabled():
-            return bellman_max(ctx.reward, z, self.q_reward, ctx.value_filter, self._tap_max(ctx))
-        return self._tap_max(ctx)(z)
+            return bellman_max(z, ctx, self.l_q, self.topology)
+        return ctx.fused_step(self.l_q, self.topology)(z)
 
     def transposed_jacobian(self, z: Tensor, ctx: VINContext) -> Callable[[Tensor], Tensor] | None:
         """w -> J^T w at z, J = d step / d v (``max_transposed_jacobian``); None on the plain path."""
         if not (self.fused and fused_enabled()):
             return None
-        return max_transposed_jacobian(z, ctx.value_filter, self._tap_max(ctx))
+        return max_transposed_jacobian(z, ctx, self.l_q, self.topology)
 
     def head(self, z: Tensor, ctx: VINContext) -> Tensor:
         policy_filter, _ = compose_pointwise(self.policy.weight, None, ctx.q_filter, None)

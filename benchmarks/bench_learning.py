@@ -33,6 +33,14 @@ PROTOCOLS = {
 SEEDS = (0, 1, 2)
 TASKS = {"maze15": "GridMaze-15", "cspace18": "Arm2DOF-CSpace-18"}
 PLANNER_ORDER = ("vin", "id-vin", "convgppn", "id-convgppn", "symvin", "id-symvin")
+HEALTH = (
+    "fwd_nonconverged",
+    "fwd_residual_mean",
+    "fwd_residual_max",
+    "bwd_nonconverged",
+    "bwd_residual_max",
+    "spectral_radius_max",
+)
 COLUMNS = (
     "task",
     "planner",
@@ -40,16 +48,12 @@ COLUMNS = (
     "status",
     "test_success",
     "test_optimal",
+    "epochs",
     "best_epoch",
     "val_best",
     "val_last",
     "best_minus_last",
-    "fwd_nonconverged",
-    "fwd_residual_mean",
-    "fwd_residual_max",
-    "bwd_nonconverged",
-    "bwd_residual_max",
-    "spectral_radius_max",
+    *HEALTH,
     "train_minutes",
 )
 
@@ -81,13 +85,14 @@ def run_row(record: dict) -> dict:
     row = {key: record[key] for key in ("task", "planner", "seed", "status")}
     row["test_success"] = number(record["success"])
     row["test_optimal"] = number(record["optimal"])
+    row["epochs"] = len(history)  # fewer than the protocol's when a run was cut short and tested where it stood
     row["best_epoch"] = record["best_epoch"]
     val = [number(epoch["val_success"]) for epoch in history]
     row["val_best"] = max(val) if val else math.nan
     row["val_last"] = val[-1] if val else math.nan
     row["best_minus_last"] = row["val_best"] - row["val_last"]
     last = history[-1] if history else {}
-    for key in COLUMNS[10:16]:
+    for key in HEALTH:
         row[key] = number(last.get(key))
     row["train_minutes"] = sum(number(epoch["train_seconds"]) for epoch in history) / 60
     return row
@@ -109,9 +114,9 @@ def worst(values: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
 def markdown_table(rows: list[dict], task: str) -> str:
     """One line per planner: mean ± std over seeds, and the worst seed for every health column."""
     lines = [
-        "| planner | seeds | test %Success | test %Optimal | vs unrolled twin | best - last val (pts) | "
+        "| planner | seeds | epochs | test %Success | test %Optimal | vs unrolled twin | best - last val (pts) | "
         "fwd % above tol | fwd residual max | spectral radius max | train min |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     mean_success = {}
     for planner in PLANNER_ORDER:
@@ -126,8 +131,10 @@ def markdown_table(rows: list[dict], task: str) -> str:
         gap = "-"
         if planner != twin and twin in mean_success:
             gap = f"{100 * (mean_success[planner] - mean_success[twin]):+.1f}"
+        epochs = sorted({r["epochs"] for r in runs})
+        epochs = str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
         lines.append(
-            f"| {planner} | {len(runs)} | {mean_std([r['test_success'] for r in runs])} | "
+            f"| {planner} | {len(runs)} | {epochs} | {mean_std([r['test_success'] for r in runs])} | "
             f"{mean_std([r['test_optimal'] for r in runs])} | {gap} | "
             f"{worst([r['best_minus_last'] for r in runs], 100)} | "
             f"{worst([r['fwd_nonconverged'] for r in runs], 100, '.2f')} | "

@@ -53,6 +53,7 @@ class Measurement:
     size: int
     k: int
     batch: int
+    hidden: int | None  # ConvGPPN's hidden channels
     device: str
     k_bwd: int
     solver_fwd: str
@@ -78,12 +79,20 @@ def random_maps(batch: int, size: int, generator: torch.Generator) -> tuple[Tens
 
 
 def build_planner(
-    name: str, mode: str, k: int, k_bwd: int, solver_fwd: str, solver_bwd: str, tol: float | None = None
+    name: str,
+    mode: str,
+    k: int,
+    k_bwd: int,
+    solver_fwd: str,
+    solver_bwd: str,
+    tol: float | None = None,
+    hidden: int | None = None,
 ) -> Planner:
     fixed_point = FixedPointConfig(
         k_fwd=k, k_bwd=k_bwd, solver_fwd=solver_fwd, solver_bwd=solver_bwd, tol_fwd=tol, tol_bwd=tol
     )
-    return make_planner(name if mode == "unrolled" else f"id-{name}", fixed_point=fixed_point)
+    hyper = {"hidden": hidden} if hidden is not None and name == "convgppn" else {}
+    return make_planner(name if mode == "unrolled" else f"id-{name}", fixed_point=fixed_point, **hyper)
 
 
 def synchronize(device: torch.device) -> None:
@@ -124,7 +133,8 @@ def peak_memory_bytes(planner: Planner, maps: Tensor, labels: Tensor) -> int:
 
 def measure(name: str, mode: str, size: int, k: int, args: argparse.Namespace, device: torch.device) -> Measurement:
     torch.manual_seed(args.seed)
-    planner = build_planner(name, mode, k, args.k_bwd, args.solver_fwd, args.solver_bwd, args.tol).to(device)
+    planner = build_planner(name, mode, k, args.k_bwd, args.solver_fwd, args.solver_bwd, args.tol, args.hidden)
+    planner = planner.to(device)
     maps, labels = random_maps(args.batch, size, torch.Generator().manual_seed(args.seed))
     maps, labels = maps.to(device), labels.to(device)
     timed_step(planner, maps, labels)
@@ -138,6 +148,7 @@ def measure(name: str, mode: str, size: int, k: int, args: argparse.Namespace, d
         size=size,
         k=k,
         batch=args.batch,
+        hidden=getattr(planner.step, "hidden", None),
         device=str(device),
         k_bwd=args.k_bwd if mode == "implicit" else 0,
         solver_fwd=args.solver_fwd if mode == "implicit" else "",
@@ -220,6 +231,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--solver-fwd", default="anderson")
     parser.add_argument("--solver-bwd", default="anderson")
     parser.add_argument("--tol", type=float, default=None, help="tolerance of both implicit solves (default: none)")
+    parser.add_argument("--hidden", type=int, default=None, help="ConvGPPN hidden channels (default: its own, 40)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 8 on the CPU, 32 on CUDA)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
     parser.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")

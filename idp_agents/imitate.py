@@ -66,6 +66,7 @@ PLANNER_DEFAULTED = {
     "jac_reg": "jac_reg_weight",
     "jac_reg_unconverged": "jac_reg_unconverged",
     "spectral_reg": "spectral_reg_weight",
+    "spectral_reg_unconverged": "spectral_reg_unconverged",
     "spectral_target": "spectral_target",
     "gradient_gain_cap": "gradient_gain_cap",
 }
@@ -90,6 +91,7 @@ class RunConfig:
     jac_reg: float | None = None
     jac_reg_unconverged: float | None = None
     spectral_reg: float | None = None
+    spectral_reg_unconverged: float | None = None
     spectral_target: float | None = None
     drop_unconverged: bool = FixedPointConfig.drop_unconverged
     gradient_gain_cap: float | None = None
@@ -220,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="weight of the penalty relu(rho - --spectral-target)^2 on each sample's spectral radius rho at its fixed "
         f"point (default: the planner's; id-convgppn {PLANNERS['id-convgppn'].defaults.get('spectral_reg_weight', 0)})",
+    )
+    add(
+        "--spectral-reg-unconverged",
+        type=float,
+        help="weight of that penalty on the samples whose forward solve missed --tol-fwd instead (default: "
+        "--spectral-reg)",
     )
     add(
         "--spectral-target",
@@ -918,6 +926,9 @@ def check_counts(config: RunConfig) -> None:
         "memory_budget_gb",
         "jac_reg",
         "jac_reg_unconverged",
+        "spectral_reg",
+        "spectral_reg_unconverged",
+        "spectral_target",
         "discount",
         "contraction",
         "forget_bound",

@@ -50,7 +50,8 @@ class FixedPointConfig:
     forward solve missed ``tol_fwd``: a pull toward a contraction where the fixed point is being lost that leaves
     the samples where it holds alone. The spectral penalty ``spectral_reg_weight`` * relu(rho - ``spectral_target``)^2
     acts on each sample's spectral radius rho of J at z* (``spectral_iterations`` steps of power iteration): it
-    keeps the fixed point attracting, which a bound on ||J||_F only implies far from it. Both regularisers follow the
+    keeps the fixed point attracting, which a bound on ||J||_F only implies far from it; ``spectral_reg_unconverged``
+    (when set) is its weight on the samples whose forward solve missed ``tol_fwd``. Both regularisers follow the
     ``jac_reg_every`` schedule, which counts the grad-enabled calls made with this config object.
     ``drop_unconverged`` keeps the samples whose forward solve missed ``tol_fwd`` out of the implicit (or phantom)
     gradient: they have no fixed point to differentiate at, and the linear solve's answer there is not a gradient of
@@ -78,6 +79,7 @@ class FixedPointConfig:
     jac_reg_unconverged: float | None = None
     jac_reg_every: int = 1
     spectral_reg_weight: float = 0.0
+    spectral_reg_unconverged: float | None = None
     spectral_target: float = 0.9
     spectral_iterations: int = 8
     drop_unconverged: bool = True
@@ -113,7 +115,7 @@ class FixedPointConfig:
                 f"FixedPointConfig.forward_dtype={self.forward_dtype!r} is not None or one of "
                 f"{', '.join(FORWARD_DTYPES)}"
             )
-        for name in ("jac_reg_weight", "jac_reg_unconverged", "spectral_reg_weight"):
+        for name in ("jac_reg_weight", "jac_reg_unconverged", "spectral_reg_weight", "spectral_reg_unconverged"):
             weight = getattr(self, name)
             if weight is not None and weight < 0:
                 raise ValueError(f"FixedPointConfig.{name} must be non-negative, got {weight}")
@@ -149,15 +151,26 @@ def jacobian_frobenius_estimate(fz: Tensor, z: Tensor, weight: Tensor | float = 
     return (per_sample * weight).mean()
 
 
-def jacobian_weights(config: FixedPointConfig, forward: SolverInfo) -> Tensor | float | None:
-    """The regulariser's weight per sample: ``jac_reg_unconverged`` where the forward solve missed its tolerance
-    (when both are set), ``jac_reg_weight`` elsewhere; None when every weight is zero."""
-    if config.jac_reg_unconverged is None or config.tol_fwd is None:
-        return config.jac_reg_weight or None
-    if config.jac_reg_weight == 0 and forward.flags()[0]:
+def sample_weights(
+    weight: float, unconverged: float | None, config: FixedPointConfig, forward: SolverInfo | None
+) -> Tensor | float | None:
+    """A regulariser's weight per sample: ``unconverged`` where the forward solve missed its tolerance (when it is
+    set and there was a solve with a tolerance), ``weight`` elsewhere; None when every weight is zero."""
+    if unconverged is None or forward is None or config.tol_fwd is None:
+        return weight or None
+    if weight == 0 and forward.flags()[0]:
         return None
-    weight = torch.where(forward.converged, config.jac_reg_weight, config.jac_reg_unconverged)
-    return weight.to(forward.final_residual.dtype)
+    return torch.where(forward.converged, weight, unconverged).to(forward.final_residual.dtype)
+
+
+def jacobian_weights(config: FixedPointConfig, forward: SolverInfo | None) -> Tensor | float | None:
+    """The Jacobian regulariser's weight per sample (``jac_reg_weight``, ``jac_reg_unconverged``)."""
+    return sample_weights(config.jac_reg_weight, config.jac_reg_unconverged, config, forward)
+
+
+def spectral_weights(config: FixedPointConfig, forward: SolverInfo | None) -> Tensor | float | None:
+    """The spectral penalty's weight per sample (``spectral_reg_weight``, ``spectral_reg_unconverged``)."""
+    return sample_weights(config.spectral_reg_weight, config.spectral_reg_unconverged, config, forward)
 
 
 class NonConvergenceWarning(RuntimeWarning):
@@ -220,8 +233,11 @@ def spectral_radius(f: Callable[[Tensor], Tensor], z: Tensor, iterations: int = 
     return torch.stack(log_growth[iterations // 2 :]).mean(dim=0).exp().detach()
 
 
-def spectral_radius_penalty(fz: Tensor, z: Tensor, target: float, iterations: int) -> tuple[Tensor, Tensor]:
-    """Differentiable penalty mean_b relu(rho_b - target)^2 on each sample's spectral radius at z, and rho (B,).
+def spectral_radius_penalty(
+    fz: Tensor, z: Tensor, target: float, iterations: int, weight: Tensor | float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Differentiable penalty mean_b w_b relu(rho_b - target)^2 on each sample's spectral radius at z, and rho (B,);
+    ``weight`` w is a scalar or one per sample.
 
     rho_b = ||J^T v_b|| for the unit vector v_b that ``iterations`` steps of power iteration (without a graph) leave;
     only that last product is differentiated, so the cost is ``iterations`` vector-Jacobian products plus one with
@@ -230,21 +246,26 @@ def spectral_radius_penalty(fz: Tensor, z: Tensor, target: float, iterations: in
     v, _ = _power_iteration(fz, z, torch.randn_like(z), iterations)
     (product,) = torch.autograd.grad(fz, z, v, create_graph=True)
     rho = _per_sample_norm(product)
-    return torch.relu(rho - target).pow(2).mean(), rho.detach()
+    return (torch.relu(rho - target).pow(2) * weight).mean(), rho.detach()
 
 
 def _add_regularisers(
-    info: FixedPointInfo, fz: Tensor, z: Tensor, jac_weight: Tensor | float | None, config: FixedPointConfig
+    info: FixedPointInfo,
+    fz: Tensor,
+    z: Tensor,
+    jac_weight: Tensor | float | None,
+    spectral_weight: Tensor | float | None,
+    config: FixedPointConfig,
 ) -> None:
     """Set ``info.jac_loss`` to the weighted Frobenius and spectral penalties at z that are on (None if neither)."""
     losses = []
     if jac_weight is not None:
         losses.append(jacobian_frobenius_estimate(fz, z, jac_weight))
-    if config.spectral_reg_weight > 0:
+    if spectral_weight is not None:
         penalty, info.spectral_estimate = spectral_radius_penalty(
-            fz, z, config.spectral_target, config.spectral_iterations
+            fz, z, config.spectral_target, config.spectral_iterations, spectral_weight
         )
-        losses.append(config.spectral_reg_weight * penalty)
+        losses.append(penalty)
     if losses:
         info.jac_loss = sum(losses[1:], losses[0])
 
@@ -265,7 +286,8 @@ def _check_divergence(info: SolverInfo, what: str, solver: str, policy: str) -> 
 
 def _jac_loss_due(config: FixedPointConfig) -> bool:
     """Count a training call; True when this one should compute the Jacobian regulariser."""
-    if config.jac_reg_weight == 0 and not config.jac_reg_unconverged and config.spectral_reg_weight == 0:
+    weights = (config.jac_reg_weight, config.jac_reg_unconverged, config.spectral_reg_weight)
+    if not any(weights) and not config.spectral_reg_unconverged:
         return False
     due = config._training_calls % config.jac_reg_every == 0
     config._training_calls += 1
@@ -366,10 +388,11 @@ def solve_fixed_point(
         for _ in range(config.k_fwd):
             z = f(z)
         info = FixedPointInfo(forward=None, jac_loss=None)
-        if jac_due and (config.jac_reg_weight or config.spectral_reg_weight):
+        jac_weight, spectral_weight = jacobian_weights(config, None), spectral_weights(config, None)
+        if jac_due and (jac_weight is not None or spectral_weight is not None):
             # at the last layer's state; no solve, so no unconverged samples to weigh apart
             z_in = z.detach().requires_grad_()
-            _add_regularisers(info, f(z_in), z_in, config.jac_reg_weight or None, config)
+            _add_regularisers(info, f(z_in), z_in, jac_weight, spectral_weight, config)
         return z, info
 
     with torch.no_grad():
@@ -383,11 +406,12 @@ def solve_fixed_point(
         return (fz if config.gradient == "implicit" else _damped_steps(f, z_star, fz, config)), info
 
     jac_weight = jacobian_weights(config, forward_info) if jac_due else None
-    spectral_due = jac_due and config.spectral_reg_weight > 0
-    z_star = z_star.requires_grad_(config.gradient == "implicit" or jac_weight is not None or spectral_due)
+    spectral_weight = spectral_weights(config, forward_info) if jac_due else None
+    regularised = jac_weight is not None or spectral_weight is not None
+    z_star = z_star.requires_grad_(config.gradient == "implicit" or regularised)
     fz = f(z_star)
-    if jac_due:
-        _add_regularisers(info, fz, z_star, jac_weight, config)
+    if regularised:
+        _add_regularisers(info, fz, z_star, jac_weight, spectral_weight, config)
     keep = None
     if config.drop_unconverged and config.tol_fwd is not None and not forward_info.flags()[0]:
         keep = forward_info.converged

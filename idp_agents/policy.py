@@ -51,6 +51,7 @@ def legacy_planner_kwargs(config: dict, model_state: dict | None = None) -> dict
     if "jac_reg_weight" in kwargs:  # resolved settings, recorded before some of today's: those were off
         kwargs.setdefault("jac_reg_unconverged", None)
         kwargs.setdefault("spectral_reg_weight", 0.0)
+        kwargs.setdefault("spectral_reg_unconverged", None)
         kwargs.setdefault("drop_unconverged", False)
     if "cell" in accepted:
         kwargs.setdefault("cell", "gru")  # ConvGPPN had only the GRU cell before it had a choice

@@ -199,6 +199,25 @@ def test_jacobian_regulariser_only_on_unconverged_samples_is_skipped_when_all_co
     assert solve_fixed_point(lambda z: a * z + 1, torch.zeros(2, 3, dtype=DOUBLE), unrolled)[1].jac_loss is None
 
 
+@pytest.mark.parametrize("base", [0.0, 2.0])
+def test_spectral_penalty_weighs_the_samples_that_missed_the_tolerance(base):
+    # f(z) = a_b z + x_b has spectral radius a_b: sample 0 (a = 0.95) converges in 400 forward steps to 1e-6,
+    # sample 1 (a = 0.995) does not; both lie above the target 0.9.
+    a = torch.tensor([[0.95], [0.995]], dtype=DOUBLE, requires_grad=True)
+    x = torch.ones(2, 3, dtype=DOUBLE)
+    config = FixedPointConfig(
+        k_fwd=400, solver_fwd="forward", tol_fwd=1e-6, spectral_reg_weight=base, spectral_reg_unconverged=30.0
+    )
+    with pytest.warns(RuntimeWarning, match="forward"):
+        _, info = solve_fixed_point(lambda z: a * z + x, torch.zeros(2, 3, dtype=DOUBLE), config)
+    assert info.forward.converged.tolist() == [True, False]
+    assert info.spectral_estimate.tolist() == pytest.approx([0.95, 0.995])
+    expected = (base * 0.05**2 + 30.0 * 0.095**2) / 2
+    assert info.jac_loss.item() == pytest.approx(expected)
+    (grad,) = torch.autograd.grad(info.jac_loss, a)
+    assert grad.flatten().tolist() == pytest.approx([base * 0.05, 30.0 * 0.095])
+
+
 def test_spectral_penalty_finds_each_samples_radius_and_only_penalises_above_the_target():
     # Symmetric maps with spectral radii 0.2, 0.85 and 1.3 (a real dominant eigenvalue, which power iteration finds)
     torch.manual_seed(0)

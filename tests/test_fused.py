@@ -197,15 +197,15 @@ def test_compiled_kernels_equal_the_eager_ones(monkeypatch):
     monkeypatch.setenv(fused.COMPILE_ENV, "1")
     tap_max = fused.MaybeCompiled(fused._tap_max_block)
     gru = fused.MaybeCompiled(fused.gru_update)
-    weight, taps = torch.randn(12, 18), torch.randn(18, 40)
+    q_reward, weight, taps = torch.randn(12, 40), torch.randn(12, 18), torch.randn(18, 40)
     x, h, z = torch.randn(2, 12, 4, 4), torch.randn(2, 12, 4, 4), torch.randn(2, 4, 4, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a fallback is reported below as a skip
-        compiled_max = tap_max(weight, taps, 3)
+        compiled_max = tap_max(q_reward, weight, taps, 3)
         compiled_gru = gru(x, h, z)
     if tap_max.failed or gru.failed:
         pytest.skip("torch.compile is not available on this machine (the kernels fell back to eager)")
-    assert torch.allclose(compiled_max, fused._tap_max_block(weight, taps, 3), atol=1e-5)
+    assert torch.allclose(compiled_max, fused._tap_max_block(q_reward, weight, taps, 3), atol=1e-5)
     assert torch.allclose(compiled_gru, fused.gru_update(x, h, z), atol=1e-5)
 
 

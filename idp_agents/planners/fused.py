@@ -42,6 +42,7 @@ __all__ = [
     "plain_steps",
     "set_fused",
     "shifted_taps",
+    "tap_windows",
     "use_fused",
 ]
 
@@ -116,20 +117,25 @@ class MaybeCompiled:
         return self.fn(*args)
 
 
-def shifted_taps(x: Tensor, kernel: int, topology: str, out: Tensor) -> Tensor:
-    """Write the k*k shifted copies of x (B, C, H, W) into out (C*k*k, B*H*W), rows in conv2d's (c, i, j) order.
+def tap_windows(x: Tensor, kernel: int, topology: str) -> Tensor:
+    """The k*k shifted copies of x (B, C, H, W) as a strided view (C, k, k, B, H, W) of x padded by k//2.
 
-    Row (c, i, j) at cell (b, y, x) holds x[b, c, y + i - k//2, x + j - k//2]: zero outside a plane, wrapped on a
-    torus, so ``weight.reshape(C_out, -1) @ out`` equals a 'same' conv2d with that weight, one column per cell.
+    Entry (c, i, j, b, y, x) is x[b, c, y + i - k//2, x + j - k//2]: zero outside a plane, wrapped on a torus.
     """
     batch, channels, height, width = x.shape
     pad = kernel // 2
     padded = F.pad(x, (pad, pad, pad, pad), mode="circular" if topology == "torus" else "constant")
     s_b, s_c, s_h, s_w = padded.stride()
-    windows = padded.as_strided(
+    return padded.as_strided(
         (channels, kernel, kernel, batch, height, width), (s_c, s_h, s_w, s_b, s_h, s_w), padded.storage_offset()
     )
-    out.view(channels, kernel, kernel, batch, height, width).copy_(windows)
+
+
+def shifted_taps(x: Tensor, kernel: int, topology: str, out: Tensor) -> Tensor:
+    """Write the k*k shifted copies of x (B, C, H, W) into out (C*k*k, B*H*W), rows in conv2d's (c, i, j) order,
+    so ``weight.reshape(C_out, -1) @ out`` equals a 'same' conv2d with that weight, one column per cell."""
+    windows = tap_windows(x, kernel, topology)
+    out.view(windows.shape).copy_(windows)
     return out
 
 
@@ -155,7 +161,8 @@ class TapMax:
     ``weight_r`` (C, C_r, k, k) and ``weight_v`` (C, G, k, k) are conv2d weights with C = copies * G output
     channels, channel c = copy * G + g; the reward (B, C_r, H, W) is fixed for the solve, and so is its share of
     Q, W_r R, kept as ``q_reward`` (C, B*H*W). Calling it on v (B, G, H, W) returns the (B, G, H, W) maximum over
-    copies, computed in blocks of cells.
+    copies, computed in blocks of whole samples: each block's taps of v are written just before its product reads
+    them, while they are in cache (on CUDA, one block).
     """
 
     def __init__(self, reward: Tensor, weight_r: Tensor, weight_v: Tensor, copies: int, topology: str) -> None:
@@ -173,33 +180,38 @@ class TapMax:
         # iteration's addmm then casts all three operands alike (CUDA) or none (the CPU, which does not autocast it)
         self.q_reward = (weight_r.flatten(1) @ reward_taps).to(reward.dtype)
         self.weight = weight_v.flatten(1).contiguous()
-        self.taps = reward.new_empty(self.weight.shape[1], cells)
+        batch, sample = reward.shape[0], reward.shape[2] * reward.shape[3]
         if reward.device.type == "cuda":
-            self.chunk = cells  # memory is plentiful and launches are not: one matmul
+            self.samples = batch  # memory is plentiful and launches are not: one matmul
         else:
-            self.chunk = max(256, CHUNK_BYTES // (self.weight.shape[0] * reward.element_size()))
+            chunk = CHUNK_BYTES // (self.weight.shape[0] * reward.element_size())  # cells whose Q fits in cache
+            self.samples = min(batch, max(1, chunk // sample))
+        self.taps = reward.new_empty(self.weight.shape[1], self.samples * sample)
 
     def __call__(self, v: Tensor, indices: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """v' = the maximum over copies; with ``indices``, also the maximal copy of each output (B, G, H, W) as
         uint8 (int64 beyond 256 copies), the first one on a tie."""
         if tuple(v.shape) != self.shape:
             raise ValueError(f"value state must have shape {self.shape}, got {tuple(v.shape)}")
-        shifted_taps(v, self.kernel, self.topology, self.taps)
-        cells = self.taps.shape[1]
-        if not indices and self.chunk >= cells:
+        windows = tap_windows(v, self.kernel, self.topology)
+        batch, sample = v.shape[0], v.shape[2] * v.shape[3]
+        if not indices and self.samples == batch:
+            self.taps.view(windows.shape).copy_(windows)
             return self._cells_to_batch(_compiled_tap_max(self.q_reward, self.weight, self.taps, self.copies))
-        out = v.new_empty(self.groups, cells)
+        out = v.new_empty(self.groups, batch * sample)
         index_dtype = torch.uint8 if self.copies <= 256 else torch.int64
-        best = v.new_empty(self.groups, cells, dtype=index_dtype) if indices else None
-        for start in range(0, cells, self.chunk):
-            block = self.taps[:, start : start + self.chunk]
-            q_reward = self.q_reward[:, start : start + self.chunk]
+        best = v.new_empty(self.groups, batch * sample, dtype=index_dtype) if indices else None
+        for first in range(0, batch, self.samples):
+            last = min(batch, first + self.samples)
+            cells = slice(first * sample, last * sample)
+            block = self.taps[:, : cells.stop - cells.start]
+            block.view(*windows.shape[:3], last - first, *windows.shape[4:]).copy_(windows[:, :, :, first:last])
             if indices:
-                values, where = _tap_max_indices_block(q_reward, self.weight, block, self.copies)
-                best[:, start : start + self.chunk] = where
+                values, where = _tap_max_indices_block(self.q_reward[:, cells], self.weight, block, self.copies)
+                best[:, cells] = where
             else:
-                values = _tap_max_block(q_reward, self.weight, block, self.copies)
-            out[:, start : start + self.chunk] = values
+                values = _tap_max_block(self.q_reward[:, cells], self.weight, block, self.copies)
+            out[:, cells] = values
         if indices:
             return self._cells_to_batch(out), self._cells_to_batch(best)
         return self._cells_to_batch(out)

@@ -267,6 +267,23 @@ def test_vin_transposed_jacobian_equals_the_plain_steps_vector_jacobian_products
     assert torch.allclose(product(w), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("topology", ["plane", "torus"])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_convgppn_transposed_jacobian_equals_the_plain_steps_vector_jacobian_products(topology, kernel):
+    planner = perturbed_planner("id-convgppn", topology, hidden=5, kernel=kernel)
+    maps = random_maps(2, 7, 6, seed=5)
+    ctx = planner.step.encode(maps)
+    z = torch.randn(2, 10, 7, 6).mul_(2).requires_grad_()  # [h, c], c beyond tanh's linear range
+    w = torch.randn(2, 10, 7, 6)
+    with plain_steps():
+        (expected,) = torch.autograd.grad(planner.step(z, ctx), z, w)
+        assert planner.step.transposed_jacobian(z.detach(), ctx) is None
+    product = planner.step.transposed_jacobian(z.detach(), ctx)
+    assert torch.allclose(product(w), expected, atol=1e-5)
+    gru = perturbed_planner("id-convgppn", topology, hidden=5, kernel=kernel, cell="gru")
+    assert gru.step.transposed_jacobian(z.detach()[:, :5], gru.step.encode(maps)) is None  # autograd's products
+
+
 def test_fold_taps_is_the_transpose_of_shifted_taps():
     """<fold(t), x> = <t, taps(x)> for every topology: the backward of the fused VIN step is exact."""
     for topology in ("plane", "torus"):

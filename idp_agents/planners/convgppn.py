@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from idp_agents.planners.base import (
 from idp_agents.planners.fused import (
     compile_wanted,
     compiled_gru_update,
+    fused_enabled,
     gru_update,
     gru_update_inplace,
     lstm_update,
@@ -124,6 +126,48 @@ class ConvGPPNStep(BellmanStep):
         hidden_gates = self.conv(h, ctx.hidden_weight, self.hidden_gates.bias)
         update = lstm_update_inplace if use_fused(self.fused) else lstm_update
         return update(ctx.input_gates, hidden_gates, c, self.forget_bound)
+
+    def transposed_jacobian(self, z: Tensor, ctx: ConvGPPNContext) -> Callable[[Tensor], Tensor] | None:
+        """w -> J^T w at z for the LSTM step; None for the GRU and on the plain path (autograd's products).
+
+        With pre-activations s = conv(h, W) + input gates for [i, f, g, o], c' = b sig(f) c + sig(i) tanh(g) and
+        h' = sig(o) tanh(c'), the cotangent [w_h, w_c] of [h', c'] gives dc' = w_c + w_h sig(o) (1 - tanh(c')^2),
+        ds = [dc' tanh(g) sig'(i), dc' b c sig'(f), dc' sig(i) tanh'(g), w_h tanh(c') sig'(o)], and
+        J^T w = [conv^T(ds, W), dc' b sig(f)]. The elementwise factors are computed once per solve at z; each
+        product is then a few elementwise operations and one convolution with the transposed, flipped filter (the
+        adjoint of a 'same' convolution, zero-padded or circular), against autograd's walk through the step's graph.
+        """
+        if self.cell != "lstm" or not (self.fused and fused_enabled()):
+            return None
+        with torch.no_grad():
+            h, c = z.chunk(2, dim=1)
+            gates = self.conv(h, ctx.hidden_weight, self.hidden_gates.bias).add_(ctx.input_gates)
+            input_gate, forget, candidate, output = gates.chunk(4, dim=1)
+            input_gate, forget, output = input_gate.sigmoid(), forget.sigmoid(), output.sigmoid()
+            candidate = candidate.tanh()
+            bound = self.forget_bound
+            cell = torch.tanh(bound * forget * c + input_gate * candidate)
+            to_cell = output * (1 - cell * cell)  # d h' / d c'
+            cell_factors = torch.cat(  # d c' / d (s_i, s_f, s_g)
+                [
+                    candidate * input_gate * (1 - input_gate),
+                    bound * c * forget * (1 - forget),
+                    input_gate * (1 - candidate * candidate),
+                ],
+                dim=1,
+            )
+            output_factor = cell * output * (1 - output)  # d h' / d s_o
+            keep = bound * forget  # d c' / d c
+            adjoint = ctx.hidden_weight.detach().transpose(0, 1).flip(2, 3)
+        hidden = self.hidden
+
+        def product(w: Tensor) -> Tensor:
+            w_h, w_c = w[:, :hidden], w[:, hidden:]
+            d_cell = torch.addcmul(w_c, w_h, to_cell)
+            d_gates = torch.cat([cell_factors * d_cell.repeat(1, 3, 1, 1), w_h * output_factor], dim=1)
+            return torch.cat([self.conv(d_gates, adjoint), d_cell * keep], dim=1)
+
+        return product
 
     def _h(self, z: Tensor) -> Tensor:
         """The hidden state h, what the policy reads (the LSTM's cell state c is not)."""

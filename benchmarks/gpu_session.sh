@@ -12,7 +12,8 @@
 # missing wheels in .whl/ (../shared/gpu/wheels.sh) and the published-size datasets in data/ (or let the runs make
 # them):
 #   OUT=/some/folder DEADLINE=540 benchmarks/gpu_session.sh
-# DEVICE=cpu LEARNING= PYTHON=.venv/bin/python DEADLINE=600 PLANNER_SECONDS=60 runs the same steps on a CPU at the CPU-sized protocol (a test of this script).
+# A test of this script on a CPU (the CPU-sized protocol, a short bench_planners):
+#   DEVICE=cpu LEARNING= PYTHON=.venv/bin/python DEADLINE=600 PLANNER_SECONDS=60 OUT=/tmp/out benchmarks/gpu_session.sh
 set -u
 out=${OUT:?set OUT to the folder that receives the results}
 deadline=${DEADLINE:-540}     # seconds from the start by which everything is written to $OUT
@@ -25,7 +26,7 @@ mkdir -p "$out"
 exec > >(tee -a "$out/session.log") 2>&1
 
 if [ -d .whl ] && ! $python -c "import gymnasium, e2cnn" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=6
@@ -37,7 +38,7 @@ $python -c "import torch, numpy; print('torch', torch.__version__, 'numpy', nump
   torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 
 stamp "device agreement"
-timeout 90 $python -m benchmarks.device_agreement --device "$device" | tee "$out/agreement.txt"
+timeout 150 $python -m benchmarks.device_agreement --device "$device" | tee "$out/agreement.txt"
 
 stamp "bench_planners"
 timeout "$planner_seconds" $python - "$device" "$work/planners" <<'EOF' | tee "$out/planners.txt"

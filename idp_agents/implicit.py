@@ -286,8 +286,13 @@ def _check_divergence(info: SolverInfo, what: str, solver: str, policy: str) -> 
 
 def _jac_loss_due(config: FixedPointConfig) -> bool:
     """Count a training call; True when this one should compute the Jacobian regulariser."""
-    weights = (config.jac_reg_weight, config.jac_reg_unconverged, config.spectral_reg_weight)
-    if not any(weights) and not config.spectral_reg_unconverged:
+    weights = (
+        config.jac_reg_weight,
+        config.jac_reg_unconverged,
+        config.spectral_reg_weight,
+        config.spectral_reg_unconverged,
+    )
+    if not any(weights):
         return False
     due = config._training_calls % config.jac_reg_every == 0
     config._training_calls += 1

@@ -4,8 +4,8 @@ VIN and SymVIN: Q_c = sum_s u_{c,s} r(x+s) + sum_s w_{c,s} v(x+s). The reward's 
 for a solve: it is computed once, as one (C, B*H*W) matrix, and each iteration adds to it a small matrix (C x F)
 times the F shifted taps of v at each cell (one addmm), then takes the max over channels, in blocks of cells: the
 iteration's Q is never written whole, only a cache-sized block of it. Keeping the reward's share costs one Q-sized
-tensor per solve and halves each iteration's arithmetic (VIN, 5x5: 25 taps a cell instead of 50; measured 1.4x
-faster per iteration at 15x15 and 2.0x at 49x49, batch 32, one CPU thread).
+tensor per solve and halves each iteration's arithmetic (VIN, 5x5: 25 taps a cell instead of 50; measured 1.23x
+faster per iteration at 15x15 and 1.49x at 49x49, batch 32, one CPU thread, docs/results.md).
 ConvGPPN: the GRU or LSTM gate arithmetic runs in place on the hidden-gate convolution's output.
 
 Switches: ``IDP_FUSED=0`` (or ``set_fused(False)`` / ``with plain_steps():``, or ``step.fused = False``) forces the

@@ -34,11 +34,13 @@ __all__ = ["MaxStepContext", "bellman_max", "max_transposed_jacobian", "unfold_t
 @dataclass(kw_only=True)
 class MaxStepContext:
     """What a VIN-family step computes once per forward: the reward and Q's filter, split into its reward and value
-    shares: Q = conv_F(reward, q_reward_filter) + conv_F(v, value_filter), C = copies * G channels."""
+    shares: Q = conv_F(reward, q_reward_filter) + conv_F(v, value_filter), C = copies * G channels; and the reward's
+    share itself when the step computes it densely (SymVIN's training step), which the fused step then reuses."""
 
     reward: Tensor  # (B, C_r, H, W)
     q_reward_filter: Tensor  # (C, C_r, F, F)
     value_filter: Tensor  # (C, G, F, F), bounded
+    q_reward: Tensor | None = None  # (B, C, H, W) = conv_F(reward, q_reward_filter), when computed
     tap_max: TapMax | None = field(default=None, repr=False)
 
     @property
@@ -49,7 +51,9 @@ class MaxStepContext:
     def fused_step(self, copies: int, topology: str) -> TapMax:
         """The fused step (``TapMax``) for this forward, built on first use from these tensors."""
         if self.tap_max is None:
-            self.tap_max = TapMax(self.reward, self.q_reward_filter, self.value_filter, copies, topology)
+            self.tap_max = TapMax(
+                self.reward, self.q_reward_filter, self.value_filter, copies, topology, q_reward=self.q_reward
+            )
         return self.tap_max
 
 

@@ -164,7 +164,8 @@ class ConvGPPNStep(BellmanStep):
         def product(w: Tensor) -> Tensor:
             w_h, w_c = w[:, :hidden], w[:, hidden:]
             d_cell = torch.addcmul(w_c, w_h, to_cell)
-            d_gates = torch.cat([cell_factors * d_cell.repeat(1, 3, 1, 1), w_h * output_factor], dim=1)
+            d_inputs = (cell_factors.unflatten(1, (3, hidden)) * d_cell.unsqueeze(1)).flatten(1, 2)
+            d_gates = torch.cat([d_inputs, w_h * output_factor], dim=1)
             return torch.cat([self.conv(d_gates, adjoint), d_cell * keep], dim=1)
 
         return product

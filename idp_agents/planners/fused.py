@@ -160,12 +160,21 @@ class TapMax:
 
     ``weight_r`` (C, C_r, k, k) and ``weight_v`` (C, G, k, k) are conv2d weights with C = copies * G output
     channels, channel c = copy * G + g; the reward (B, C_r, H, W) is fixed for the solve, and so is its share of
-    Q, W_r R, kept as ``q_reward`` (C, B*H*W). Calling it on v (B, G, H, W) returns the (B, G, H, W) maximum over
+    Q, W_r R, kept as ``q_reward`` (C, B*H*W) (computed here, or taken from ``q_reward`` (B, C, H, W) when the
+    caller has it). Calling it on v (B, G, H, W) returns the (B, G, H, W) maximum over
     copies, computed in blocks of whole samples: each block's taps of v are written just before its product reads
     them, while they are in cache (on CUDA, one block).
     """
 
-    def __init__(self, reward: Tensor, weight_r: Tensor, weight_v: Tensor, copies: int, topology: str) -> None:
+    def __init__(
+        self,
+        reward: Tensor,
+        weight_r: Tensor,
+        weight_v: Tensor,
+        copies: int,
+        topology: str,
+        q_reward: Tensor | None = None,
+    ) -> None:
         reward, weight_r, weight_v = reward.detach(), weight_r.detach(), weight_v.detach()
         self.kernel = weight_v.shape[-1]
         if weight_r.shape[-1] != self.kernel:
@@ -175,10 +184,14 @@ class TapMax:
         self.groups = weight_v.shape[1]
         self.shape = (reward.shape[0], self.groups, *reward.shape[2:])
         cells = reward.shape[0] * reward.shape[2] * reward.shape[3]
-        reward_taps = shifted_taps(reward, self.kernel, topology, reward.new_empty(weight_r[0].numel(), cells))
+        if q_reward is None:
+            reward_taps = shifted_taps(reward, self.kernel, topology, reward.new_empty(weight_r[0].numel(), cells))
+            q_reward = weight_r.flatten(1) @ reward_taps
+        else:
+            q_reward = q_reward.detach().transpose(0, 1).reshape(weight_v.shape[0], cells)
         # in the reward's dtype also under autocast, where the product may come out in lower precision: each
         # iteration's addmm then casts all three operands alike (CUDA) or none (the CPU, which does not autocast it)
-        self.q_reward = (weight_r.flatten(1) @ reward_taps).to(reward.dtype)
+        self.q_reward = q_reward.to(reward.dtype)
         self.weight = weight_v.flatten(1).contiguous()
         batch, sample = reward.shape[0], reward.shape[2] * reward.shape[3]
         if reward.device.type == "cuda":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -118,12 +117,7 @@ class SteerableConv(nn.Module):
         return weight, bias
 
 
-@dataclass(kw_only=True)
-class SymVINContext(MaxStepContext):
-    """``MaxStepContext`` (reward (B, 1, H, W), filters (l_q * |G|, 1 or |G|, F, F)) and the reward's share of Q,
-    which the dense training step adds to its value share."""
-
-    q_reward: Tensor  # (B, l_q * |G|, H, W)
+SymVINContext = MaxStepContext  # reward (B, 1, H, W); filters (l_q * |G|, 1 or |G|, F, F); q_reward computed
 
 
 class SymVINStep(BellmanStep):

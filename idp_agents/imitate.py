@@ -62,6 +62,7 @@ from rollouts.video import showcase_gif
 # fixed-point flags whose default is the planner's (``PLANNERS[name].defaults``), and the setting each one names
 PLANNER_DEFAULTED = {
     "k_fwd": "k_fwd",
+    "k_fwd_stragglers": "k_fwd_stragglers",
     "k_bwd": "k_bwd",
     "jac_reg": "jac_reg_weight",
     "jac_reg_unconverged": "jac_reg_unconverged",
@@ -82,6 +83,7 @@ class RunConfig:
     size: int | None = None
     planner: str = "id-vin"
     k_fwd: int | None = None
+    k_fwd_stragglers: int | None = None
     k_bwd: int | None = None
     solver_fwd: str = FixedPointConfig.solver_fwd
     solver_bwd: str = FixedPointConfig.solver_bwd
@@ -185,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="unrolled layers, or the implicit forward solver's iteration cap "
         f"({default_note('k_fwd', FixedPointConfig.k_fwd)})",
+    )
+    add(
+        "--k-fwd-stragglers",
+        type=int,
+        help="iterations more for the samples still above --tol-fwd after --k, solved apart from their batch "
+        f"({default_note('k_fwd_stragglers', FixedPointConfig.k_fwd_stragglers)})",
     )
     add(
         "--k-bwd",
@@ -914,6 +922,8 @@ def check_counts(config: RunConfig) -> None:
     for name in ("batch_size", "eval_batch_size", "train", "val", "test", "k_fwd", "k_bwd"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.k_fwd_stragglers is not None and config.k_fwd_stragglers < 0:
+        raise ValueError(f"--k-fwd-stragglers must be non-negative, got {config.k_fwd_stragglers}")
     for name in ("epochs", "mapper_epochs", "planner_epochs"):
         if getattr(config, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(config, name)}")

@@ -43,6 +43,11 @@ class FixedPointConfig:
     Both solves stop once every sample's relative residual is at most their tolerance (1e-4, as the paper's code)
     or their budget is spent; a solve that ends above its tolerance is counted in its ``SolverInfo.converged`` and
     warned about (``NonConvergenceWarning``, once per process). ``None``: run the whole budget, no host reads.
+    A batched solve runs until its slowest sample converges, so ``k_fwd`` bounds the whole batch's work; the samples
+    still above ``tol_fwd`` after it (the stragglers) get up to ``k_fwd_stragglers`` iterations more, solved on their
+    own from where they stand, at the cost of those few samples only (when the caller can restrict the step to them,
+    as planners do; 0: none). The solve's info then covers both; the regularisers' "unconverged" weights still mark
+    the samples that missed ``tol_fwd`` within ``k_fwd`` (the slow ones, nearest to losing the fixed point).
 
     ``phantom_damping`` is the damping lambda of the phantom gradient's steps z <- z + lambda (f(z) - z)
     (Geng et al., 2021); 1.0 with one step is the one-step (Jacobian-free) gradient. The Jacobian regulariser
@@ -67,6 +72,7 @@ class FixedPointConfig:
 
     mode: str = "implicit"
     k_fwd: int = 30
+    k_fwd_stragglers: int = 0
     solver_fwd: str = "anderson"
     tol_fwd: float | None = 1e-4
     k_bwd: int = 50
@@ -115,6 +121,8 @@ class FixedPointConfig:
                 f"FixedPointConfig.forward_dtype={self.forward_dtype!r} is not None or one of "
                 f"{', '.join(FORWARD_DTYPES)}"
             )
+        if self.k_fwd_stragglers < 0:
+            raise ValueError(f"FixedPointConfig.k_fwd_stragglers must be non-negative, got {self.k_fwd_stragglers}")
         for name in ("jac_reg_weight", "jac_reg_unconverged", "spectral_reg_weight", "spectral_reg_unconverged"):
             weight = getattr(self, name)
             if weight is not None and weight < 0:
@@ -372,18 +380,60 @@ def _autocast_step(f: Callable[[Tensor], Tensor], z0: Tensor, dtype: torch.dtype
     return f_autocast
 
 
+Restriction = Callable[[Tensor], Callable[[Tensor], Tensor]]
+
+
+def _solve_stragglers(
+    restrict: Restriction,
+    z_star: Tensor,
+    info: SolverInfo,
+    config: FixedPointConfig,
+) -> tuple[Tensor, SolverInfo]:
+    """Continue the samples of a toleranced forward solve that ended above ``tol_fwd`` (and did not diverge) for up
+    to ``k_fwd_stragglers`` iterations, on their own; z* and an info covering both solves.
+
+    One host read (the number of stragglers, with the first solve's flags, which it sets). A straggler takes the
+    continued iterate only where its residual is lower; one that diverges there keeps its first iterate and stays
+    unconverged (the continuation is best effort: its divergence is not the solve's).
+    """
+    stragglers = ~info.converged & ~info.diverged
+    packed = int((stragglers.sum() * 2 + info.diverged.any()).item())
+    count, diverged = packed >> 1, bool(packed & 1)
+    info.host_flags = (count == 0 and not diverged, diverged)
+    if count == 0:
+        return z_star, info
+    index = torch.argsort(stragglers.to(torch.uint8), descending=True, stable=True)[:count]
+    f = restrict(index)
+    if config.forward_dtype is not None:
+        f = _autocast_step(f, z_star, FORWARD_DTYPES[config.forward_dtype])
+    z_more, more = get_solver(config.solver_fwd)(f, z_star[index], config.k_fwd_stragglers, config.tol_fwd)
+    better = more.final_residual < info.final_residual[index]
+    z_star = z_star.index_copy(0, index, torch.where(_per_sample(better, z_more).bool(), z_more, z_star[index]))
+    final = info.final_residual.index_copy(0, index, torch.minimum(more.final_residual, info.final_residual[index]))
+    merged = SolverInfo(
+        iterations=info.iterations + more.iterations,
+        residuals=torch.cat([info.residuals, final[None]]),
+        converged=final <= config.tol_fwd,
+        diverged=info.diverged,
+    )
+    return z_star, merged
+
+
 def solve_fixed_point(
     f: Callable[[Tensor], Tensor],
     z0: Tensor,
     config: FixedPointConfig,
     transposed_jacobian: TransposedJacobian | None = None,
+    restrict: Restriction | None = None,
 ) -> tuple[Tensor, FixedPointInfo]:
     """Find z = f(z) from z0 as ``config`` says; gradients reach whatever f closes over through the output.
 
     Unrolled: k_fwd applications of f under autograd. Implicit: the forward solver under no_grad, then one
     application of f with autograd and either the IFT backward hook or the phantom gradient's damped steps.
     ``transposed_jacobian(z_star)``, if given and not returning None, supplies w -> J^T w for the IFT backward
-    solve in place of autograd's vector-Jacobian products through f's graph.
+    solve in place of autograd's vector-Jacobian products through f's graph. ``restrict(indices)``, if given,
+    returns f for those samples of the batch alone (a LongTensor of indices): the stragglers' continuation
+    (``k_fwd_stragglers``) needs it.
     """
     config.validate()
     training = torch.is_grad_enabled()
@@ -403,6 +453,9 @@ def solve_fixed_point(
     with torch.no_grad():
         f_solve = f if config.forward_dtype is None else _autocast_step(f, z0, FORWARD_DTYPES[config.forward_dtype])
         z_star, forward_info = get_solver(config.solver_fwd)(f_solve, z0.detach(), config.k_fwd, config.tol_fwd)
+        within_cap = forward_info
+        if config.k_fwd_stragglers and config.tol_fwd is not None and restrict is not None:
+            z_star, forward_info = _solve_stragglers(restrict, z_star, forward_info, config)
     _check_divergence(forward_info, "forward", config.solver_fwd, config.on_divergence)
     _check_convergence(forward_info, "forward", config.tol_fwd)
     info = FixedPointInfo(forward=forward_info, jac_loss=None)
@@ -410,8 +463,8 @@ def solve_fixed_point(
         fz = f(z_star)
         return (fz if config.gradient == "implicit" else _damped_steps(f, z_star, fz, config)), info
 
-    jac_weight = jacobian_weights(config, forward_info) if jac_due else None
-    spectral_weight = spectral_weights(config, forward_info) if jac_due else None
+    jac_weight = jacobian_weights(config, within_cap) if jac_due else None
+    spectral_weight = spectral_weights(config, within_cap) if jac_due else None
     regularised = jac_weight is not None or spectral_weight is not None
     z_star = z_star.requires_grad_(config.gradient == "implicit" or regularised)
     fz = f(z_star)

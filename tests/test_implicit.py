@@ -386,6 +386,75 @@ def test_image_shaped_state_and_batch_converging_at_different_speeds(mode):
         assert info.forward.converged.all() and info.backward[0].final_residual.max() < 1e-6
 
 
+def linear_restriction(a: torch.Tensor, x: torch.Tensor, calls: list):
+    """restrict(index) for f(z) = a z + x, recording each call's indices."""
+
+    def restrict(index: torch.Tensor):
+        calls.append(index.tolist())
+        return lambda z: a[index] * z + x[index]
+
+    return restrict
+
+
+def test_stragglers_continue_alone_until_they_converge():
+    # f(z) = a_b z + x_b, fixed point x / (1 - a). Within 10 forward steps to 1e-6, samples 0 and 2 (a = 0.1, 0.2)
+    # converge and sample 1 (a = 0.99) does not; 3,000 steps more on it alone reach the tolerance.
+    a = torch.tensor([[0.1], [0.99], [0.2]], dtype=DOUBLE)
+    x = torch.ones(3, 4, dtype=DOUBLE, requires_grad=True)
+    settings = dict(k_fwd=10, solver_fwd="forward", tol_fwd=1e-6, k_bwd=5000, tol_bwd=1e-12, jac_reg_unconverged=3.0)
+    with pytest.warns(RuntimeWarning, match="forward"):
+        z_capped, capped = solve_fixed_point(
+            lambda z: a * z + x, torch.zeros(3, 4, dtype=DOUBLE), FixedPointConfig(**settings)
+        )
+    calls = []
+    config = FixedPointConfig(**settings, k_fwd_stragglers=3000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every sample converges: no warning
+        z, info = solve_fixed_point(
+            lambda z: a * z + x, torch.zeros(3, 4, dtype=DOUBLE), config, restrict=linear_restriction(a, x, calls)
+        )
+    assert calls == [[1]]
+    assert info.forward.converged.all() and (info.forward.final_residual <= 1e-6).all()
+    assert 10 < info.forward.iterations <= 10 + 3000
+    assert torch.allclose(z.detach(), (x / (1 - a)).detach(), rtol=1e-3)  # error <= residual / (1 - a)
+    assert torch.equal(z[[0, 2]], z_capped[[0, 2]])  # the converged samples are not touched
+    # the regularisers still weigh the sample that missed the tolerance within k_fwd
+    assert info.jac_loss.item() == pytest.approx(capped.jac_loss.item())
+    # the straggler now has a fixed point, so it keeps its implicit gradient: d sum(z*) / dx = 1 / (1 - a)
+    (grad,) = torch.autograd.grad(z.sum(), x)
+    assert torch.allclose(grad, (1 / (1 - a)).expand(3, 4), rtol=1e-6)
+
+
+def test_a_straggler_that_diverges_keeps_its_first_iterate_and_stays_unconverged():
+    a = torch.tensor([[0.1], [0.99]], dtype=DOUBLE)
+    x = torch.ones(2, 3, dtype=DOUBLE)
+    config = FixedPointConfig(k_fwd=10, solver_fwd="forward", tol_fwd=1e-6)
+    with pytest.warns(RuntimeWarning, match="forward"):
+        z_capped, _ = solve_fixed_point(lambda z: a * z + x, torch.zeros(2, 3, dtype=DOUBLE), config)
+    config.k_fwd_stragglers = 200
+    repelling = lambda index: lambda z: 3.0 * z + x[index]  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="forward"):
+        z, info = solve_fixed_point(lambda z: a * z + x, torch.zeros(2, 3, dtype=DOUBLE), config, restrict=repelling)
+    assert torch.equal(z, z_capped)
+    assert info.forward.converged.tolist() == [True, False] and not info.forward.diverged.any()
+
+
+def test_stragglers_need_the_restricted_step_and_a_tolerance():
+    a = torch.tensor([[0.1], [0.99]], dtype=DOUBLE)
+    x = torch.ones(2, 3, dtype=DOUBLE)
+    calls = []
+    for changes, restrict in (({}, None), ({"tol_fwd": None}, linear_restriction(a, x, calls))):
+        config = FixedPointConfig(**({"k_fwd": 10, "solver_fwd": "forward", "tol_fwd": 1e-6} | changes))
+        config.k_fwd_stragglers = 100
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, info = solve_fixed_point(lambda z: a * z + x, torch.zeros(2, 3, dtype=DOUBLE), config, restrict=restrict)
+        assert info.forward.iterations == 10 and not info.forward.converged[1]
+    assert calls == []
+    with pytest.raises(ValueError, match="k_fwd_stragglers must be non-negative"):
+        FixedPointConfig(k_fwd_stragglers=-1)
+
+
 def test_config_validation_names_a_negative_regulariser_weight():
     with pytest.raises(ValueError, match="jac_reg_unconverged"):
         FixedPointConfig(jac_reg_unconverged=-1.0)

@@ -391,6 +391,38 @@ def test_implicit_training_step_synchronises_twice_with_or_without_tolerances(na
         assert checks > 2 and syncs == 2  # one read per check would make more
 
 
+@pytest.mark.parametrize("name", ["id-vin", "id-convgppn", "id-symvin"])
+def test_stragglers_are_solved_apart_and_leave_the_rest_of_the_batch_alone(name):
+    """With a forward cap too small for some maps, the continuation brings those alone to the tolerance, the other
+    samples' outputs are unchanged, and a training step reads the host three times: the number of stragglers, the
+    merged solve's flags and the backward solve's."""
+    maps = random_maps(6, 9, 9)
+    optimal = F.one_hot(torch.randint(4, (6, 9, 9), generator=torch.Generator().manual_seed(0)), 4)
+    optimal = optimal.permute(0, 3, 1, 2).bool()
+    planner = small_planner(name, k_fwd=4, tol_fwd=None, k_fwd_stragglers=0)
+    with torch.no_grad():  # 4 iterations, one check: a tolerance between the residuals leaves half the maps out
+        residuals = planner(maps).info.forward.final_residual.sort().values
+    planner.fixed_point.tol_fwd = (residuals[2] + residuals[3]).item() / 2
+    with pytest.warns(RuntimeWarning, match="forward"):
+        before = planner(maps)
+    missed = ~before.info.forward.converged
+    assert missed.sum() == 3
+    planner.fixed_point.k_fwd_stragglers = 300
+    outputs = []
+
+    def step():
+        output = planner(maps)
+        loss = imitation_loss(output.logits, optimal)
+        (loss if output.info.jac_loss is None else loss + output.info.jac_loss).backward()
+        outputs.append(output)
+
+    syncs, _ = count_host_syncs_and_ops(step)
+    after = outputs[0]
+    assert after.info.forward.converged.all() and after.info.forward.iterations > 4
+    assert torch.equal(after.logits[~missed].detach(), before.logits[~missed].detach())
+    assert syncs == 3
+
+
 def test_a_seeded_symvin_has_the_same_weights_whether_or_not_its_bases_were_cached():
     """Building e2cnn's bases (once per process) must not consume the caller's random draws."""
     import numpy as np

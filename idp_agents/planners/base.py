@@ -190,8 +190,14 @@ class Planner(nn.Module):
             self.step.initial_state(ctx),
             self.fixed_point,
             transposed_jacobian=lambda z_star: self.step.transposed_jacobian(z_star, ctx),
+            restrict=lambda index: self._step_on(maps[index]),
         )
         return PlannerOutput(logits=self.step.head(z, ctx), value=self.step.value_map(z), info=info)
+
+    def _step_on(self, maps: Tensor) -> Callable[[Tensor], Tensor]:
+        """The step on these maps alone, for a solve that continues some samples of a batch."""
+        ctx = self.step.encode(maps)
+        return lambda state: self.step(state, ctx)
 
     def spectral_radius(self, maps: Tensor, iterations: int = 40, solve_iterations: int = 200) -> Tensor:
         """(B,) spectral radius of the step's Jacobian dz'/dz at its fixed point on ``maps``, by power iteration.

@@ -4,8 +4,9 @@ Trains VIN, ConvGPPN and SymVIN, unrolled and implicit, on 15x15 mazes and on th
 imitation, with every default of ``python -m idp_agents.imitate``, and writes one CSV row per run and a markdown
 table per task: test %Success mean +- std over seeds (best-validation checkpoint), the implicit planner's gap to its
 unrolled twin, the largest drop of validation %Success from the best epoch to the last, and at the last epoch the
-forward solves' share above tolerance, their largest final relative residual and the largest spectral radius of
-the step's Jacobian on the validation probe maps.
+forward solves' share above tolerance (and above it at their cap ``k_fwd``, before the stragglers' continuation),
+their largest final relative residual and the largest spectral radius of the step's Jacobian on the validation probe
+maps.
 
     python -m benchmarks.bench_learning --threads 1 --jobs 2          # CPU-sized: 2,000 maps, 10 epochs, 3 seeds
     python -m benchmarks.bench_learning --full --jobs 6               # the published protocol, for a GPU
@@ -35,6 +36,7 @@ TASKS = {"maze15": "GridMaze-15", "cspace18": "Arm2DOF-CSpace-18"}
 PLANNER_ORDER = ("vin", "id-vin", "convgppn", "id-convgppn", "symvin", "id-symvin")
 HEALTH = (
     "fwd_nonconverged",
+    "fwd_over_cap",
     "fwd_residual_mean",
     "fwd_residual_max",
     "bwd_nonconverged",
@@ -115,8 +117,8 @@ def markdown_table(rows: list[dict], task: str) -> str:
     """One line per planner: mean ± std over seeds, and the worst seed for every health column."""
     lines = [
         "| planner | seeds | epochs | test %Success | test %Optimal | vs unrolled twin | best - last val (pts) | "
-        "fwd % above tol | fwd residual max | spectral radius max | train min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "fwd % above tol | fwd % at cap | fwd residual max | spectral radius max | train min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     mean_success = {}
     for planner in PLANNER_ORDER:
@@ -138,6 +140,7 @@ def markdown_table(rows: list[dict], task: str) -> str:
             f"{mean_std([r['test_optimal'] for r in runs])} | {gap} | "
             f"{worst([r['best_minus_last'] for r in runs], 100)} | "
             f"{worst([r['fwd_nonconverged'] for r in runs], 100, '.2f')} | "
+            f"{worst([r['fwd_over_cap'] for r in runs], 100, '.2f')} | "
             f"{worst([r['fwd_residual_max'] for r in runs], 1, '.1e')} | "
             f"{worst([r['spectral_radius_max'] for r in runs], 1, '.3f')} | "
             f"{statistics.fmean(r['train_minutes'] for r in runs):.1f} |"

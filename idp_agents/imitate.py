@@ -490,7 +490,8 @@ def restore_rng(state: dict) -> None:
 
 def write_metrics_csv(path: Path, history: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    # every epoch's columns in order of appearance: a run resumed under a newer version may log more of them
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in history for key in row)))
     writer.writeheader()
     writer.writerows(history)
     with atomic_write(path) as f:
@@ -879,9 +880,10 @@ def fixed_point_line(row: dict) -> str:
     """The epoch's fixed-point diagnostics in one line."""
     solves = "unrolled: no solves"
     if not np.isnan(row["fwd_residual_mean"]):
+        at_cap = "" if np.isnan(row["fwd_over_cap"]) else f", {100 * row['fwd_over_cap']:.1f}% at the cap"
         solves = (
             f"forward residual mean {row['fwd_residual_mean']:.1e} max {row['fwd_residual_max']:.1e} "
-            f"({100 * row['fwd_nonconverged']:.1f}% above tol)"
+            f"({100 * row['fwd_nonconverged']:.1f}% above tol{at_cap})"
         )
         if not np.isnan(row["bwd_residual_mean"]):
             solves += (

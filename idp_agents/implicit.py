@@ -72,7 +72,7 @@ class FixedPointConfig:
 
     mode: str = "implicit"
     k_fwd: int = 30
-    k_fwd_stragglers: int = 0
+    k_fwd_stragglers: int = 200
     solver_fwd: str = "anderson"
     tol_fwd: float | None = 1e-4
     k_bwd: int = 50
@@ -145,6 +145,7 @@ class FixedPointInfo:
     jac_loss: Tensor | None  # the Jacobian regularisers' weighted loss (Frobenius and spectral), to add to the loss
     backward: list[SolverInfo] = field(default_factory=list)
     spectral_estimate: Tensor | None = None  # (B,) the spectral penalty's rho at z*, when it ran
+    over_cap: Tensor | None = None  # (B,) above tol_fwd after k_fwd iterations, before the stragglers' continuation
 
 
 def jacobian_frobenius_estimate(fz: Tensor, z: Tensor, weight: Tensor | float = 1.0) -> Tensor:
@@ -459,6 +460,8 @@ def solve_fixed_point(
     _check_divergence(forward_info, "forward", config.solver_fwd, config.on_divergence)
     _check_convergence(forward_info, "forward", config.tol_fwd)
     info = FixedPointInfo(forward=forward_info, jac_loss=None)
+    if config.tol_fwd is not None:
+        info.over_cap = ~within_cap.converged
     if not training:
         fz = f(z_star)
         return (fz if config.gradient == "implicit" else _damped_steps(f, z_star, fz, config)), info

@@ -38,7 +38,9 @@ def action_accuracy(logits: Tensor, optimal: Tensor) -> Tensor:
 
 
 class FixedPointStats:
-    """Final relative residuals and non-converged shares of the forward and backward solves over many calls.
+    """Final relative residuals and non-converged shares of the forward and backward solves over many calls, and
+    the share of forward solves still above tolerance at their cap ``k_fwd`` (``fwd_over_cap``: those the
+    stragglers' continuation took on; equal to ``fwd_nonconverged`` without it).
 
     Summed on the device (no host reads per batch); ``summary()`` reads them once. Unrolled planners make no solves,
     so their entries are NaN. A solve run without a tolerance counts as not converged.
@@ -49,6 +51,7 @@ class FixedPointStats:
     def __init__(self, device: torch.device) -> None:
         # per kind: residual sum, residual max, non-converged count, sample count
         self.totals = torch.zeros(len(self.KINDS), 4, dtype=torch.float64, device=device)
+        self.over_cap = torch.zeros(2, dtype=torch.float64, device=device)  # count above tol at k_fwd, sample count
 
     def _add(self, kind: int, solve: SolverInfo) -> None:
         residual = solve.final_residual.detach().to(torch.float64)
@@ -61,6 +64,9 @@ class FixedPointStats:
         """Take note of one planner call's solves (call after backward, which fills in the backward solves)."""
         if info.forward is not None:
             self._add(0, info.forward)
+        if info.over_cap is not None:
+            self.over_cap[0] += info.over_cap.sum()
+            self.over_cap[1] += info.over_cap.numel()
         for solve in info.backward:
             self._add(1, solve)
 
@@ -71,6 +77,8 @@ class FixedPointStats:
             row[f"{kind}_residual_mean"] = residual_sum / count if count else float("nan")
             row[f"{kind}_residual_max"] = residual_max if count else float("nan")
             row[f"{kind}_nonconverged"] = nonconverged / count if count else float("nan")
+        over_cap, count = self.over_cap.tolist()
+        row["fwd_over_cap"] = over_cap / count if count else float("nan")
         return row
 
 

@@ -91,6 +91,7 @@ def test_a_solve_that_misses_its_tolerance_is_warned_about_and_counted():
     stats.add(info)
     summary = stats.summary()
     assert summary["fwd_nonconverged"] == 1.0 and summary["bwd_nonconverged"] == 1.0
+    assert summary["fwd_over_cap"] == 1.0  # no restricted step to continue them with
     assert summary["fwd_residual_max"] == pytest.approx(info.forward.final_residual.max().item())
 
 

@@ -334,3 +334,11 @@ def test_a_run_log_holds_no_profiler_lines(tmp_path):
         [sys.executable, "-m", "idp_agents.imitate", *args.split()], capture_output=True, text=True, check=True
     )
     assert "profiler" not in done.stdout + done.stderr and "test %Success" in done.stdout
+
+
+def test_metrics_csv_keeps_the_columns_a_newer_version_adds_on_resume(tmp_path):
+    """A run resumed under a version that logs one more column writes every epoch, the old ones left blank there."""
+    path = tmp_path / "metrics.csv"
+    imitate.write_metrics_csv(path, [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4, "fwd_over_cap": 0.01}])
+    lines = path.read_text().splitlines()
+    assert lines == ["epoch,loss,fwd_over_cap", "1,0.5,", "2,0.4,0.01"]

@@ -13,6 +13,7 @@ from idp_agents.implicit import (
     solve_fixed_point,
     spectral_radius_penalty,
 )
+from idp_agents.training import FixedPointStats
 
 DOUBLE = torch.float64
 
@@ -423,6 +424,10 @@ def test_stragglers_continue_alone_until_they_converge():
     # the straggler now has a fixed point, so it keeps its implicit gradient: d sum(z*) / dx = 1 / (1 - a)
     (grad,) = torch.autograd.grad(z.sum(), x)
     assert torch.allclose(grad, (1 / (1 - a)).expand(3, 4), rtol=1e-6)
+    # and the epoch's statistics say that it converged only after the cap
+    stats = FixedPointStats(torch.device("cpu"))
+    stats.add(info)
+    assert stats.summary()["fwd_nonconverged"] == 0 and stats.summary()["fwd_over_cap"] == pytest.approx(1 / 3)
 
 
 def test_a_straggler_that_diverges_keeps_its_first_iterate_and_stays_unconverged():

@@ -38,7 +38,8 @@ class PlannerSpec:
 # larger caps (400 / 200 learned less and collapsed once on the C-space; 400 / 50 halved the misses) do not fix
 # (docs/results.md, "Larger solver caps for the LSTM"). Most of those maps are slow, not lost: on the seed-0 run's
 # last weights, all 8 of 256 training maps above tolerance at 200 converged within 800 iterations more, solved apart
-# from their batch (``k_fwd_stragglers``), for 10% more forward time.
+# from their batch (``k_fwd_stragglers``; 200 for the other planners), for 10% more forward time; trained with it,
+# 0.1-0.3% of the last epoch's solves end above tolerance (docs/results.md, "Stragglers solved apart").
 ID_CONVGPPN_DEFAULTS = {
     "jac_reg_weight": 0.0,
     "jac_reg_unconverged": 5.0,

@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.trained import load_with_training_split, rebuilt
 from idp_agents.implicit import NonConvergenceWarning
-from idp_agents.training import imitation_loss
+from idp_agents.training import planner_loss
 
 SETTINGS = {
     "first (cap 80, Frobenius 0.1 everywhere)": {
@@ -53,10 +53,7 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NonConvergenceWarning)
                 out = planner(train["maps"][rows])
-                loss = imitation_loss(out.logits, train["optimal_actions"][rows])
-                if out.info.jac_loss is not None:
-                    loss = loss + out.info.jac_loss
-                loss.backward()
+                planner_loss(out, train["optimal_actions"][rows]).backward()
             times.append(1000 * (time.perf_counter() - start))
             missed += int((~out.info.forward.converged).sum())
             solved += out.info.forward.converged.numel()

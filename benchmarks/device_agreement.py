@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.bench_planners import random_maps
 from idp_agents.planners import make_planner
-from idp_agents.training import imitation_loss
+from idp_agents.training import planner_loss
 
 CASES = (
     ("vin", "plane"),
@@ -45,10 +45,7 @@ def training_step(planner, maps: torch.Tensor, labels: torch.Tensor) -> tuple[to
     planner.train()
     planner.zero_grad(set_to_none=True)
     output = planner(maps)
-    loss = imitation_loss(output.logits, labels)
-    if output.info.jac_loss is not None:
-        loss = loss + output.info.jac_loss
-    loss.backward()
+    planner_loss(output, labels).backward()
     grads = [p.grad.flatten() for p in planner.parameters() if p.grad is not None]
     return output.logits.detach(), torch.cat(grads)
 

@@ -4,7 +4,8 @@ they were trained with and without them (fixed budgets).
 For each checkpoint: 4 batches of 32 training maps of its dataset; per step (forward solve, loss with regulariser,
 backward solve) the host synchronisations and top-level operator calls that torch.profiler counts
 (``training.count_host_syncs_and_ops``; the same counts on a CPU and a GPU) and the solves' iterations, medians
-over the batches::
+over the batches, and the most host syncs of any batch (a batch whose forward solve continues stragglers reads once
+more)::
 
     python -m benchmarks.host_syncs runs/bench_learning-cpu/maze15/id-vin/kdefault/seed0/last.pt ...
 """
@@ -20,7 +21,7 @@ import torch
 from benchmarks.trained import load_with_training_split, rebuilt
 from idp_agents.implicit import NonConvergenceWarning
 from idp_agents.policy import legacy_planner_kwargs
-from idp_agents.training import count_host_syncs_and_ops, imitation_loss
+from idp_agents.training import count_host_syncs_and_ops, planner_loss
 
 
 def step_counts(planner, maps, optimal) -> tuple[int, int, int, int]:
@@ -29,8 +30,7 @@ def step_counts(planner, maps, optimal) -> tuple[int, int, int, int]:
 
     def step():
         output = planner(maps)
-        loss = imitation_loss(output.logits, optimal)
-        (loss if output.info.jac_loss is None else loss + output.info.jac_loss).backward()
+        planner_loss(output, optimal).backward()
         outputs.append(output)
 
     with warnings.catch_warnings():
@@ -47,8 +47,11 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=4)
     args = p.parse_args()
     torch.set_num_threads(1)
-    print("| planner | env | tolerances | host syncs | operators | forward iterations | backward iterations |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| planner | env | tolerances | host syncs | most host syncs | operators | forward iterations "
+        "| backward iterations |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for path in args.checkpoints:
         trained, train = load_with_training_split(path)
         run = trained.config["run"]
@@ -62,6 +65,7 @@ def main() -> None:
                 for b in range(args.batches)
             ]
             medians = [statistics.median(column) for column in zip(*rows, strict=True)]
+            medians.insert(1, max(row[0] for row in rows))
             print(
                 f"| {trained.config['planner']} | {run['env'].removeprefix('IDP/')} | {label} | "
                 + " | ".join(f"{m:g}" for m in medians)

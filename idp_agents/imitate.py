@@ -42,8 +42,8 @@ from idp_agents.training import (
     action_accuracy,
     batch_rows,
     evaluate_planner,
-    imitation_loss,
     mapper_logits,
+    planner_loss,
 )
 from idp_envs import resolve_env_id, size_kwargs, views
 from idp_envs.datasets import (
@@ -437,9 +437,7 @@ def training_step_peak_bytes(planner, mapper, train: dict, config: RunConfig) ->
             loss = cspace_bce_loss(map_logits, true_maps[:, 0])
             maps = cspace_planner_maps(map_logits, train["goal"][idx])
         output = planner(maps)
-        loss = loss + imitation_loss(output.logits, optimal)
-        if output.info.jac_loss is not None:
-            loss = loss + output.info.jac_loss
+        loss = loss + planner_loss(output, optimal)
         loss.backward()
     for module in (planner, mapper):
         if module is not None:
@@ -624,9 +622,7 @@ def train_epoch(phase: str, planner, mapper, optimizer, data: dict, config: RunC
             maps = true_maps if phase == "planner" else cspace_planner_maps(map_logits, data["goal"][dev_idx])
             output = planner(maps)
             logits = output.logits
-            loss = loss + imitation_loss(logits, optimal)
-            if output.info.jac_loss is not None:
-                loss = loss + output.info.jac_loss
+            loss = loss + planner_loss(output, optimal)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if logits is not None:

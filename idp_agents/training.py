@@ -12,6 +12,7 @@ from torch import Tensor
 
 from idp_agents.implicit import FixedPointInfo
 from idp_agents.planners import Planner
+from idp_agents.planners.base import PlannerOutput
 from idp_agents.solvers import SolverInfo
 from rollouts.metrics import PlanningMetrics, policy_metrics
 
@@ -28,6 +29,13 @@ def imitation_loss(logits: Tensor, optimal: Tensor) -> Tensor:
     log_p = F.log_softmax(logits.float(), dim=1)
     log_p_optimal = torch.logsumexp(log_p.masked_fill(~optimal, float("-inf")), dim=1)
     return -log_p_optimal.masked_fill(~cells, 0).sum() / cells.sum().clamp_min(1)
+
+
+def planner_loss(output: PlannerOutput, optimal: Tensor) -> Tensor:
+    """What training minimises for a planner's output: the imitation loss, plus its fixed-point regularisers' loss
+    when they ran (``info.jac_loss``)."""
+    loss = imitation_loss(output.logits, optimal)
+    return loss if output.info.jac_loss is None else loss + output.info.jac_loss
 
 
 def action_accuracy(logits: Tensor, optimal: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 from idp_agents.implicit import FixedPointConfig, NonConvergenceWarning, solve_fixed_point, spectral_radius
 from idp_agents.planners import make_planner
 from idp_agents.planners.base import bounded_value_filter
-from idp_agents.training import FixedPointStats, imitation_loss
+from idp_agents.training import FixedPointStats, planner_loss
 from idp_envs.datasets import task_tensors
 from idp_envs.tasks import sample_maze_tasks
 
@@ -132,9 +132,7 @@ def test_default_implicit_planners_stay_contractive_while_they_learn(name):
     for epoch in range(4):
         for i in range(0, 96, 16):
             output = planner(data["maps"][i : i + 16])
-            loss = imitation_loss(output.logits, data["optimal_actions"][i : i + 16])
-            if output.info.jac_loss is not None:
-                loss = loss + output.info.jac_loss
+            loss = planner_loss(output, data["optimal_actions"][i : i + 16])
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(planner.parameters(), 40)

@@ -128,7 +128,7 @@ def test_resume_continues_after_an_interrupted_epoch(tmp_path, monkeypatch, caps
     assert first["epoch"] == 0
 
     calls = {"n": 0}
-    original = imitate.imitation_loss
+    original = imitate.planner_loss
 
     def crash_in_second_epoch(*args):
         calls["n"] += 1
@@ -136,12 +136,12 @@ def test_resume_continues_after_an_interrupted_epoch(tmp_path, monkeypatch, caps
             raise KeyboardInterrupt
         return original(*args)
 
-    monkeypatch.setattr(imitate, "imitation_loss", crash_in_second_epoch)
+    monkeypatch.setattr(imitate, "planner_loss", crash_in_second_epoch)
     with pytest.raises(SystemExit) as exc:  # Ctrl-C: exit status 130 and a line saying how to continue
         run(tmp_path, "--train", "64", "--epochs", "2", "--resume")
     assert exc.value.code == 130 and "rerun the same command with --resume" in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0  # the finished epoch is kept
-    monkeypatch.setattr(imitate, "imitation_loss", original)
+    monkeypatch.setattr(imitate, "planner_loss", original)
     report = run(tmp_path, "--train", "64", "--epochs", "2", "--resume")
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 1 and [h["epoch"] for h in state["history"]] == [1, 2]

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from idp_agents.implicit import FixedPointConfig, FixedPointInfo
 from idp_agents.planners import PLANNERS, ConvGPPNStep, Planner, SymVINStep, VINStep, make_planner
-from idp_agents.planners.base import channel_max
-from idp_agents.training import autograd_saved_bytes, count_host_syncs_and_ops, imitation_loss
+from idp_agents.planners.base import PlannerOutput, channel_max
+from idp_agents.training import autograd_saved_bytes, count_host_syncs_and_ops, planner_loss
 from idp_envs import grid
 
 SMALL = {"vin": dict(l_h=8, l_q=8), "convgppn": dict(hidden=8), "symvin": dict(l_h=3, l_q=3)}
@@ -368,6 +368,18 @@ def test_unrolled_vin_family_keeps_the_argmax_not_q_for_each_layer(name):
     assert per_layer <= cells * order * (4 + 1)
 
 
+def counted_training_step(planner: Planner, maps: torch.Tensor, optimal: torch.Tensor) -> tuple[int, PlannerOutput]:
+    """Host synchronisations of one training step (forward, training loss, backward) and the planner's output."""
+    outputs = []
+
+    def step():
+        outputs.append(planner(maps))
+        planner_loss(outputs[0], optimal).backward()
+
+    syncs, _ = count_host_syncs_and_ops(step)
+    return syncs, outputs[0]
+
+
 @pytest.mark.parametrize("name", ["id-vin", "id-convgppn", "id-symvin"])
 def test_implicit_training_step_synchronises_twice_with_or_without_tolerances(name):
     """A training step reads the host twice, the forward and the backward solve's flags (one transfer each), and
@@ -377,16 +389,8 @@ def test_implicit_training_step_synchronises_twice_with_or_without_tolerances(na
     optimal = optimal.permute(0, 3, 1, 2).bool()
     for tol in (None, 1e-4):
         planner = small_planner(name, k_fwd=12, k_bwd=12, tol_fwd=tol, tol_bwd=tol)
-        outputs = []
-
-        def step(planner=planner, outputs=outputs):
-            output = planner(maps)
-            loss = imitation_loss(output.logits, optimal)
-            (loss if output.info.jac_loss is None else loss + output.info.jac_loss).backward()
-            outputs.append(output)
-
-        syncs, _ = count_host_syncs_and_ops(step)
-        info = outputs[0].info
+        syncs, output = counted_training_step(planner, maps, optimal)
+        info = output.info
         checks = len(info.forward.residuals) + sum(len(b.residuals) for b in info.backward)
         assert checks > 2 and syncs == 2  # one read per check would make more
 
@@ -408,16 +412,7 @@ def test_stragglers_are_solved_apart_and_leave_the_rest_of_the_batch_alone(name)
     missed = ~before.info.forward.converged
     assert missed.sum() == 3
     planner.fixed_point.k_fwd_stragglers = 300
-    outputs = []
-
-    def step():
-        output = planner(maps)
-        loss = imitation_loss(output.logits, optimal)
-        (loss if output.info.jac_loss is None else loss + output.info.jac_loss).backward()
-        outputs.append(output)
-
-    syncs, _ = count_host_syncs_and_ops(step)
-    after = outputs[0]
+    syncs, after = counted_training_step(planner, maps, optimal)
     assert after.info.forward.converged.all() and after.info.forward.iterations > 4
     assert torch.equal(after.logits[~missed].detach(), before.logits[~missed].detach())
     assert syncs == 3

@@ -73,6 +73,7 @@ PLANNER_DEFAULTED = {
 }
 STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group", "discount", "contraction", "cell", "forget_bound")
 UNBOUNDED_WHEN_ZERO = ("discount", "contraction")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -113,6 +114,7 @@ class RunConfig:
     map_loss_weight: float = 1.0
     batch_size: int = 32
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     clip: float | None = 40.0
     train: int = 2000
     val: int = 200
@@ -306,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--batch-size", type=int, default=defaults.batch_size)
     add("--lr", type=float, default=defaults.lr, help="RMSprop learning rate")
+    add(
+        "--lr-schedule",
+        default=defaults.lr_schedule,
+        choices=LR_SCHEDULES,
+        help="constant (the published protocol) or cosine: each epoch's rate lr (1 + cos(pi e / epochs)) / 2, "
+        "e = 0, 1, ...",
+    )
     add("--clip", type=float, default=defaults.clip, help="gradient-norm clip (<= 0: none)")
     add("--train", type=int, default=defaults.train, help="training maps (generated when --data is not given)")
     add("--val", type=int, default=defaults.val)
@@ -516,6 +525,7 @@ COMPARED_ON_RESUME = (
     "gradient",
     "batch_size",
     "lr",
+    "lr_schedule",
     "train",
     "val",
     "test",
@@ -577,6 +587,15 @@ def split_data(batch: TaskBatch, input_key: str | None, device: torch.device) ->
         source = batch.extras[input_key]
         data["mapper_input"] = source if isinstance(source, np.memmap) else data[input_key]
     return data
+
+
+def epoch_lr(config: RunConfig, epoch: int, epochs: int) -> float:
+    """The learning rate of 0-based ``epoch`` of ``epochs``: ``--lr`` throughout, or its cosine decay (``--lr`` at
+    the first epoch, lr (1 + cos(pi (epochs - 1) / epochs)) / 2 > 0 at the last). A function of the epoch alone, so a
+    resumed run continues the same schedule."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    return config.lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
 def epoch_phases(config: RunConfig, has_mapper: bool) -> list[str]:
@@ -765,7 +784,8 @@ def train_and_report(config: RunConfig) -> dict:
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
         state = load_checkpoint(last_path, map_location=device)
         before = state["config"]["run"]
-        changed = [k for k in COMPARED_ON_RESUME if before.get(k) != getattr(config, k)]
+        # a flag newer than the checkpoint compares as its default, which is what that run trained with
+        changed = [k for k in COMPARED_ON_RESUME if before.get(k, getattr(RunConfig, k)) != getattr(config, k)]
         # the planner's settings are compared as the planners they build, not as flags: a flag left to its default
         # may have a new default since (ConvGPPN's cell and budgets), and a flag the run never had must not block it
         saved = legacy_planner_kwargs(state["config"], state["model"])
@@ -791,7 +811,9 @@ def train_and_report(config: RunConfig) -> dict:
     for epoch in range(start_epoch, len(phases)):
         phase = phases[epoch]
         desc = f"epoch {epoch + 1}/{len(phases)}" + (f" ({phase})" if mapper is not None else "")
-        row = {"epoch": epoch + 1, "phase": phase}
+        row = {"epoch": epoch + 1, "phase": phase, "lr": epoch_lr(config, epoch, len(phases))}
+        for group in optimizer.param_groups:
+            group["lr"] = row["lr"]
         row.update(train_epoch(phase, trained_planner, trained_mapper, optimizer, data["train"], config, desc))
         val, val_map_accuracy = evaluate(planner, mapper, data["val"], config)
         row.update(val_success=val.success, val_optimal=val.optimal, val_spl=val.spl)

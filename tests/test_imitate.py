@@ -62,7 +62,7 @@ def test_training_beats_a_random_policy_by_far(trained):
         gif.seek(gif.n_frames - 1)
         assert gif.info["duration"] == 200 + 2000  # 5 frames a second, the end held 2 s
     lines = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert lines[0].startswith("epoch,phase,train_loss") and len(lines) == 4
+    assert lines[0].startswith("epoch,phase,lr,train_loss") and len(lines) == 4
 
 
 def test_every_epoch_logs_the_fixed_points_health(trained):
@@ -342,3 +342,25 @@ def test_metrics_csv_keeps_the_columns_a_newer_version_adds_on_resume(tmp_path):
     imitate.write_metrics_csv(path, [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4, "fwd_over_cap": 0.01}])
     lines = path.read_text().splitlines()
     assert lines == ["epoch,loss,fwd_over_cap", "1,0.5,", "2,0.4,0.01"]
+
+
+def test_cosine_schedule_sets_each_epochs_rate_and_a_resumed_run_follows_it(tmp_path):
+    straight = run(tmp_path, "--train", "64", "--epochs", "2", "--lr-schedule", "cosine", name="straight")
+    run(tmp_path, "--train", "64", "--epochs", "1", "--lr-schedule", "cosine", name="split")
+    resumed = run(tmp_path, "--train", "64", "--epochs", "2", "--lr-schedule", "cosine", "--resume", name="split")
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert [h["lr"] for h in a["history"]] == [h["lr"] for h in b["history"]] == pytest.approx([1e-3, 5e-4])
+    assert a["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-4)
+    assert straight["test"] == resumed["test"]
+    with pytest.raises(SystemExit, match="lr_schedule"):  # a constant-rate run does not resume on a schedule
+        run(tmp_path, "--train", "64", "--epochs", "3", "--resume", name="split")
+
+
+def test_a_checkpoint_from_before_a_flag_existed_resumes_with_its_default(tmp_path):
+    run(tmp_path, "--train", "32", "--epochs", "1")
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    del state["config"]["run"]["lr_schedule"]  # written before --lr-schedule: its runs had a constant rate
+    save_checkpoint(tmp_path / "run" / "last.pt", state)
+    report = run(tmp_path, "--train", "32", "--epochs", "2", "--resume")
+    assert report["test"]["starts"] > 0

@@ -393,23 +393,22 @@ def _solve_stragglers(
     """Continue the samples of a toleranced forward solve that ended above ``tol_fwd`` (and did not diverge) for up
     to ``k_fwd_stragglers`` iterations, on their own; z* and an info covering both solves.
 
-    One host read (the number of stragglers, with the first solve's flags, which it sets). A straggler takes the
-    continued iterate only where its residual is lower; one that diverges there keeps its first iterate and stays
-    unconverged (the continuation is best effort: its divergence is not the solve's).
+    One host read: their number, read with the first solve's flags (``SolverInfo.unfinished``), so the caller's
+    flags check of a solve without stragglers costs nothing more. A straggler takes the continued iterate only where
+    its residual is lower; one that diverges there keeps its first iterate and stays unconverged (the continuation is
+    best effort: its divergence is not the solve's).
     """
-    stragglers = ~info.converged & ~info.diverged
-    packed = int((stragglers.sum() * 2 + info.diverged.any()).item())
-    count, diverged = packed >> 1, bool(packed & 1)
-    info.host_flags = (count == 0 and not diverged, diverged)
+    count = info.unfinished()
     if count == 0:
         return z_star, info
-    index = torch.argsort(stragglers.to(torch.uint8), descending=True, stable=True)[:count]
+    stragglers = ~info.converged & ~info.diverged
+    index = torch.argsort(stragglers.to(torch.uint8), descending=True, stable=True)[:count]  # no host read
     f = restrict(index)
     if config.forward_dtype is not None:
         f = _autocast_step(f, z_star, FORWARD_DTYPES[config.forward_dtype])
     z_more, more = get_solver(config.solver_fwd)(f, z_star[index], config.k_fwd_stragglers, config.tol_fwd)
-    better = more.final_residual < info.final_residual[index]
-    z_star = z_star.index_copy(0, index, torch.where(_per_sample(better, z_more).bool(), z_more, z_star[index]))
+    better = (more.final_residual < info.final_residual[index]).view(-1, *[1] * (z_more.dim() - 1))
+    z_star = z_star.index_copy(0, index, torch.where(better, z_more, z_star[index]))
     final = info.final_residual.index_copy(0, index, torch.minimum(more.final_residual, info.final_residual[index]))
     merged = SolverInfo(
         iterations=info.iterations + more.iterations,

@@ -60,12 +60,13 @@ def clear_workspaces() -> None:
     _workspaces.clear()
 
 
-def _read_flags(*flags: Tensor) -> tuple[bool, ...]:
-    """Boolean scalars read on the host in one transfer (packed into one integer's bits, read with ``item``, the op
-    that profilers count as a host synchronisation on every device)."""
-    bits = sum(flag.to(torch.int64) << i for i, flag in enumerate(flags))
+def _read_host(count: Tensor, *flags: Tensor) -> tuple[int, tuple[bool, ...]]:
+    """A non-negative integer scalar and boolean scalars read on the host in one transfer (packed into one integer,
+    the flags in its low bits, read with ``item``, the op that profilers count as a host synchronisation on every
+    device)."""
+    bits = sum((flag.to(torch.int64) << i for i, flag in enumerate(flags)), count.to(torch.int64) << len(flags))
     packed = int(bits.item())
-    return tuple(bool(packed >> i & 1) for i in range(len(flags)))
+    return packed >> len(flags), tuple(bool(packed >> i & 1) for i in range(len(flags)))
 
 
 class _HostCopy:
@@ -104,13 +105,24 @@ class SolverInfo:
     converged: Tensor
     diverged: Tensor
     host_flags: tuple[bool, bool] | None = None  # (converged.all(), diverged.any()), once read on the host
+    host_unfinished: int | None = None  # samples neither converged nor diverged, read with host_flags
 
     def flags(self) -> tuple[bool, bool]:
         """(every sample converged, some sample diverged) as Python bools, read on the first call in one transfer
-        (a host synchronisation) and kept."""
+        (a host synchronisation) with ``unfinished()``, and kept."""
         if self.host_flags is None:
-            self.host_flags = _read_flags(self.converged.all(), self.diverged.any())
+            self._read_host()
         return self.host_flags
+
+    def unfinished(self) -> int:
+        """How many samples neither converged nor diverged: read with ``flags()`` in one transfer, and kept."""
+        if self.host_unfinished is None:
+            self._read_host()
+        return self.host_unfinished
+
+    def _read_host(self) -> None:
+        unfinished = (~self.converged & ~self.diverged).sum()
+        self.host_unfinished, self.host_flags = _read_host(unfinished, self.converged.all(), self.diverged.any())
 
     @property
     def final_residual(self) -> Tensor:

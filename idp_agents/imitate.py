@@ -73,7 +73,7 @@ PLANNER_DEFAULTED = {
 }
 STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group", "discount", "contraction", "cell", "forget_bound")
 UNBOUNDED_WHEN_ZERO = ("discount", "contraction")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "late-cosine")
 
 
 @dataclass
@@ -312,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-schedule",
         default=defaults.lr_schedule,
         choices=LR_SCHEDULES,
-        help="constant (the published protocol) or cosine: each epoch's rate lr (1 + cos(pi e / epochs)) / 2, "
-        "e = 0, 1, ...",
+        help="constant (the published protocol); cosine: each epoch's rate lr (1 + cos(pi e / epochs)) / 2, "
+        "e = 0, 1, ...; late-cosine: lr for the first half of the epochs, then a cosine decay over the rest",
     )
     add("--clip", type=float, default=defaults.clip, help="gradient-norm clip (<= 0: none)")
     add("--train", type=int, default=defaults.train, help="training maps (generated when --data is not given)")
@@ -590,12 +590,19 @@ def split_data(batch: TaskBatch, input_key: str | None, device: torch.device) ->
 
 
 def epoch_lr(config: RunConfig, epoch: int, epochs: int) -> float:
-    """The learning rate of 0-based ``epoch`` of ``epochs``: ``--lr`` throughout, or its cosine decay (``--lr`` at
-    the first epoch, lr (1 + cos(pi (epochs - 1) / epochs)) / 2 > 0 at the last). A function of the epoch alone, so a
-    resumed run continues the same schedule."""
+    """The learning rate of 0-based ``epoch`` of ``epochs``: ``--lr`` throughout (constant); its cosine decay
+    (``--lr`` at the first epoch, lr (1 + cos(pi (epochs - 1) / epochs)) / 2 > 0 at the last); or late-cosine,
+    ``--lr`` for the first half of the epochs (``epochs // 2``), then the cosine's shape over the rest, ending at
+    lr (1 + cos(pi n / (n + 1))) / 2 for the n epochs of that rest. A function of the epoch alone, so a resumed run
+    continues the same schedule."""
     if config.lr_schedule == "constant":
         return config.lr
-    return config.lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
+    if config.lr_schedule == "cosine":
+        return config.lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
+    hold = epochs // 2
+    if epoch < hold:
+        return config.lr
+    return config.lr * (1 + math.cos(math.pi * (epoch - hold + 1) / (epochs - hold + 1))) / 2
 
 
 def epoch_phases(config: RunConfig, has_mapper: bool) -> list[str]:

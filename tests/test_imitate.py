@@ -357,6 +357,15 @@ def test_cosine_schedule_sets_each_epochs_rate_and_a_resumed_run_follows_it(tmp_
         run(tmp_path, "--train", "64", "--epochs", "3", "--resume", name="split")
 
 
+def test_late_cosine_holds_the_rate_for_half_the_epochs_then_decays_it_toward_zero():
+    config = imitate.RunConfig(lr=1e-3, lr_schedule="late-cosine")
+    rates = [imitate.epoch_lr(config, epoch, 10) for epoch in range(10)]
+    assert rates[:5] == [1e-3] * 5
+    assert all(a > b for a, b in zip(rates[4:-1], rates[5:], strict=True))  # strictly decreasing after the hold
+    assert rates[7] == pytest.approx(5e-4) and 0 < rates[-1] < 1e-4
+    assert 0 < imitate.epoch_lr(config, 0, 1) < 1e-3  # a one-epoch run has no hold
+
+
 def test_a_checkpoint_from_before_a_flag_existed_resumes_with_its_default(tmp_path):
     run(tmp_path, "--train", "32", "--epochs", "1")
     state = load_checkpoint(tmp_path / "run" / "last.pt")

@@ -114,7 +114,7 @@ class RunConfig:
     map_loss_weight: float = 1.0
     batch_size: int = 32
     lr: float = 1e-3
-    lr_schedule: str = "constant"
+    lr_schedule: str = "late-cosine"
     clip: float | None = 40.0
     train: int = 2000
     val: int = 200
@@ -312,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-schedule",
         default=defaults.lr_schedule,
         choices=LR_SCHEDULES,
-        help="constant (the published protocol); cosine: each epoch's rate lr (1 + cos(pi e / epochs)) / 2, "
-        "e = 0, 1, ...; late-cosine: lr for the first half of the epochs, then a cosine decay over the rest",
+        help="late-cosine (default): lr for the first half of the epochs, then a cosine decay over the rest; "
+        "constant (the published protocol); cosine: each epoch's rate lr (1 + cos(pi e / epochs)) / 2, "
+        "e = 0, 1, ...",
     )
     add("--clip", type=float, default=defaults.clip, help="gradient-norm clip (<= 0: none)")
     add("--train", type=int, default=defaults.train, help="training maps (generated when --data is not given)")
@@ -513,6 +514,8 @@ def tensorboard_writer(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
+# what a run had for a flag that its checkpoint predates, where that is not today's default
+BEFORE_THE_FLAG = {"lr_schedule": "constant"}
 # the run's flags a resumed run must share with its checkpoint; the planner's settings (PLANNER_DEFAULTED, STEP_FLAGS
 # and every other fixed-point setting) are compared as the planners they build, since a default may change between
 # versions
@@ -791,17 +794,19 @@ def train_and_report(config: RunConfig) -> dict:
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
         state = load_checkpoint(last_path, map_location=device)
         before = state["config"]["run"]
-        # a flag newer than the checkpoint compares as its default, which is what that run trained with
-        changed = [k for k in COMPARED_ON_RESUME if before.get(k, getattr(RunConfig, k)) != getattr(config, k)]
+        # a flag newer than the checkpoint compares as what that run trained with: its value before the flag
+        trained = {k: before.get(k, BEFORE_THE_FLAG.get(k, getattr(RunConfig, k))) for k in COMPARED_ON_RESUME}
+        changed = {k: (v, getattr(config, k)) for k, v in trained.items() if v != getattr(config, k)}
         # the planner's settings are compared as the planners they build, not as flags: a flag left to its default
         # may have a new default since (ConvGPPN's cell and budgets), and a flag the run never had must not block it
         saved = legacy_planner_kwargs(state["config"], state["model"])
         built = resolved_planner_kwargs(planner)
         flag_of = {key: flag for flag, key in PLANNER_DEFAULTED.items()}
-        differ = (flag_of.get(k, k) for k in built if k in saved and saved[k] != built[k])
-        changed += sorted(k for k in differ if k not in changed)
+        for k in sorted(k for k in built if k in saved and saved[k] != built[k]):
+            changed.setdefault(flag_of.get(k, k), (saved[k], built[k]))
         if changed:
-            raise ValueError(f"--resume: {last_path} was trained with other settings for {changed}")
+            settings = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
+            raise ValueError(f"--resume: {last_path} was trained with other settings for {settings}")
         planner.load_state_dict(state["model"])
         if mapper is not None:
             mapper.load_state_dict(state["mapper"])

@@ -176,7 +176,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
 
     def crash_in_second_epoch(*args):
         calls["n"] += 1
-        if calls["n"] > 2:  # two batches of 32 a epoch: the first batch of the second epoch
+        if calls["n"] > 2:  # two batches of 32 an epoch: the first batch of the second epoch
             raise KeyboardInterrupt
         return original(*args)
 

@@ -401,8 +401,7 @@ def _solve_stragglers(
     count = info.unfinished()
     if count == 0:
         return z_star, info
-    stragglers = ~info.converged & ~info.diverged
-    index = torch.argsort(stragglers.to(torch.uint8), descending=True, stable=True)[:count]  # no host read
+    index = torch.argsort(info.unfinished_mask.to(torch.uint8), descending=True, stable=True)[:count]  # no host read
     f = restrict(index)
     if config.forward_dtype is not None:
         f = _autocast_step(f, z_star, FORWARD_DTYPES[config.forward_dtype])

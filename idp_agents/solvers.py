@@ -120,9 +120,14 @@ class SolverInfo:
             self._read_host()
         return self.host_unfinished
 
+    @property
+    def unfinished_mask(self) -> Tensor:
+        """(B,) the samples that neither converged nor diverged (on the device)."""
+        return ~self.converged & ~self.diverged
+
     def _read_host(self) -> None:
-        unfinished = (~self.converged & ~self.diverged).sum()
-        self.host_unfinished, self.host_flags = _read_host(unfinished, self.converged.all(), self.diverged.any())
+        count = self.unfinished_mask.sum()
+        self.host_unfinished, self.host_flags = _read_host(count, self.converged.all(), self.diverged.any())
 
     @property
     def final_residual(self) -> Tensor:

@@ -13,11 +13,16 @@ maps.
 
 Runs go through ``idp_agents.experiments`` (one subprocess each, resumable: a finished run is read back, an
 interrupted one resumes), so re-running the command after an interruption only does what is missing.
+
+The CSV is the record: the run directories (``runs/``) are not committed, so a row whose run is not on disk (a fresh
+checkout, another machine) is kept from the existing CSV, and a run on disk replaces its row. A fresh checkout can
+then add seeds to the committed tables without training again what they already hold.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import statistics
 from pathlib import Path
@@ -100,6 +105,52 @@ def run_row(record: dict) -> dict:
     return row
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an earlier ``learning.csv`` (none if there is no such file), typed as ``run_row`` makes them."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or set(COLUMNS) - set(reader.fieldnames):
+            missing = sorted(set(COLUMNS) - set(reader.fieldnames or []))
+            raise ValueError(f"{path} is not a learning table this benchmark wrote: columns {missing} are missing")
+        rows = []
+        for raw in reader:
+            row = {key: raw[key] for key in ("task", "planner", "status")}
+            row.update(seed=int(raw["seed"]), epochs=int(raw["epochs"]), best_epoch=raw["best_epoch"])
+            for key in COLUMNS[4:]:
+                if key not in row:
+                    row[key] = number(raw[key])
+            rows.append(row)
+    return rows
+
+
+def merge_rows(kept: list[dict], fresh: list[dict]) -> list[dict]:
+    """``kept`` rows (from the CSV) updated by ``fresh`` ones (from runs on disk), one per (task, planner, seed),
+    in the benchmark's order."""
+    by_run = {(r["task"], r["planner"], int(r["seed"])): r for r in kept}
+    by_run.update({(r["task"], r["planner"], int(r["seed"])): r for r in fresh})
+    order = {name: i for i, name in enumerate(PLANNER_ORDER)}
+    tasks = {name: i for i, name in enumerate(TASKS)}
+    return sorted(
+        by_run.values(), key=lambda r: (tasks.get(r["task"], 99), order.get(r["planner"], 99), int(r["seed"]))
+    )
+
+
+def twin_gap(runs: list[dict], twin_runs: list[dict]) -> str:
+    """The implicit planner's test %Success minus its unrolled twin's, over the seeds both have: the mean of the
+    per-seed differences, and their range when there are several (a seed gives both planners the same maps, so
+    the pairing removes the spread between datasets that both means carry)."""
+    twin = {int(r["seed"]): r["test_success"] for r in twin_runs}
+    diffs = [100 * (r["test_success"] - twin[int(r["seed"])]) for r in runs if int(r["seed"]) in twin]
+    if not diffs:
+        return "-"
+    text = f"{statistics.fmean(diffs):+.1f}"
+    if len(diffs) > 1:
+        text += f" ({min(diffs):+.1f} to {max(diffs):+.1f}, {len(diffs)} seeds)"
+    return text
+
+
 def mean_std(values: list[float]) -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -116,23 +167,19 @@ def worst(values: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
 def markdown_table(rows: list[dict], task: str) -> str:
     """One line per planner: mean ± std over seeds, and the worst seed for every health column."""
     lines = [
-        "| planner | seeds | epochs | test %Success | test %Optimal | vs unrolled twin | best - last val (pts) | "
-        "fwd % above tol | fwd % at cap | fwd residual max | spectral radius max | train min |",
+        "| planner | seeds | epochs | test %Success | test %Optimal | vs unrolled twin (per seed) | "
+        "best - last val (pts) | fwd % above tol | fwd % at cap | fwd residual max | spectral radius max | train min |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    mean_success = {}
-    for planner in PLANNER_ORDER:
-        runs = [r for r in rows if r["task"] == task and r["planner"] == planner and r["status"] == "done"]
-        if runs:
-            mean_success[planner] = statistics.fmean(r["test_success"] for r in runs)
-    for planner in PLANNER_ORDER:
-        runs = [r for r in rows if r["task"] == task and r["planner"] == planner and r["status"] == "done"]
+    done = {
+        planner: [r for r in rows if r["task"] == task and r["planner"] == planner and r["status"] == "done"]
+        for planner in PLANNER_ORDER
+    }
+    for planner, runs in done.items():
         if not runs:
             continue
         twin = planner.removeprefix("id-")
-        gap = "-"
-        if planner != twin and twin in mean_success:
-            gap = f"{100 * (mean_success[planner] - mean_success[twin]):+.1f}"
+        gap = twin_gap(runs, done[twin]) if planner != twin else "-"
         epochs = sorted({r["epochs"] for r in runs})
         epochs = str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
         lines.append(
@@ -183,7 +230,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # must not shrink them to that seed.
     seeds = sorted(set(SEEDS) | set(args.seeds))
     report = build_sweep(protocol, list(TASKS), list(PLANNER_ORDER), seeds, runs, args.threads)
-    rows = [run_row(record) for record in collect(report) if record["status"] != "not run"]
+    fresh = [run_row(record) for record in collect(report) if record["status"] != "not run"]
+    rows = merge_rows(read_rows(out / "learning.csv"), fresh)
     settings = ", ".join(f"{k} {v}" for k, v in PROTOCOLS[protocol].items())
     write_results(rows, list(TASKS), out, f"Learning benchmark, {protocol} protocol ({settings}; imitate's defaults)")
     print((out / "learning.md").read_text())

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from benchmarks.bench_learning import markdown_table, run_row
+import pytest
+
+from benchmarks.bench_learning import markdown_table, merge_rows, read_rows, run_row, write_results
 from benchmarks.bench_planners import build_planner
 
 
@@ -39,3 +41,28 @@ def test_bench_planners_hidden_channels_reach_convgppn_only():
     assert build_planner("convgppn", "implicit", 5, 5, "anderson", "anderson", hidden=12).step.hidden == 12
     vin = build_planner("vin", "unrolled", 5, 5, "anderson", "anderson", hidden=12)
     assert not hasattr(vin.step, "hidden")
+
+
+def test_learning_csv_keeps_rows_whose_runs_are_not_on_disk(tmp_path):
+    """The committed CSV is the record: a fresh checkout that trains one more seed adds its row and keeps the rest;
+    a run on disk replaces its row."""
+    old = [run_row(record("vin", 3, 0.7)), run_row(record("id-vin", 3, 0.6))]
+    write_results(old, ["maze15"], tmp_path, "old")
+    kept = read_rows(tmp_path / "learning.csv")
+    assert [(r["planner"], r["epochs"], r["test_success"]) for r in kept] == [("vin", 3, 0.7), ("id-vin", 3, 0.6)]
+    rerun = run_row(record("id-vin", 3, 0.75))
+    another_seed = dict(run_row(record("vin", 3, 0.8)), seed=1)
+    merged = merge_rows(kept, [rerun, another_seed])
+    assert [(r["planner"], r["seed"], r["test_success"]) for r in merged] == [
+        ("vin", 0, 0.7),
+        ("vin", 1, 0.8),
+        ("id-vin", 0, 0.75),
+    ]
+    # The twin gap pairs seeds: id-vin's seed 0 against vin's seed 0 only, not against vin's mean over two seeds.
+    assert "| id-vin | 1 | 3 | 75.0 ± 0.0 | 74.0 ± 0.0 | +5.0 |" in markdown_table(merged, "maze15")
+
+
+def test_learning_csv_of_another_shape_is_refused(tmp_path):
+    (tmp_path / "learning.csv").write_text("task,planner\nmaze15,vin\n")
+    with pytest.raises(ValueError, match="not a learning table this benchmark wrote"):
+        read_rows(tmp_path / "learning.csv")

@@ -126,8 +126,9 @@ class PlannerPolicy:
         policy.config = config
         return policy
 
-    def _maps(self, obs: dict) -> torch.Tensor:
-        """(n, 2, H, W) planner input for a batched observation."""
+    def planner_maps(self, obs: dict) -> torch.Tensor:
+        """(n, 2, H, W) planner input for a batched observation (`batched_observation`): the observed map, or the
+        map the mapper makes of the observation."""
         goal = np.asarray(obs["goal"])
         if self.mapper is None:
             occupancy = np.asarray(obs["occupancy"])
@@ -161,7 +162,7 @@ class PlannerPolicy:
         missing = [i for i, k in enumerate(keys) if k not in plans]
         if missing:
             with torch.inference_mode():
-                out = self.planner(self._maps({k: np.asarray(v)[missing] for k, v in obs.items()}))
+                out = self.planner(self.planner_maps({k: np.asarray(v)[missing] for k, v in obs.items()}))
             logits, value = out.logits.float().cpu().numpy(), out.value.float().cpu().numpy()
             for j, i in enumerate(missing):
                 plans[keys[i]] = (logits[j], value[j])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -12,9 +13,22 @@ GOAL = np.array([46, 160, 67], dtype=np.uint8)
 AGENT = np.array([214, 39, 40], dtype=np.uint8)
 PATH = np.array([120, 170, 230], dtype=np.uint8)
 ARROW = np.array([30, 30, 30], dtype=np.uint8)
+MARK = np.array([230, 85, 13], dtype=np.uint8)  # outlines cells flagged by ``marks`` (e.g. a policy's mistakes)
 # endpoints of a two-colour ramp (dark blue -> yellow) for value maps
 VALUE_LOW = np.array([49, 54, 149], dtype=np.float32)
 VALUE_HIGH = np.array([254, 224, 100], dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def font(size: int):
+    """A PIL font of about ``size`` pixels for captions: Pillow's scalable default, or its small bitmap font where
+    Pillow predates 10.1 or lacks FreeType."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
 
 
 def default_cell_pixels(shape: tuple[int, int], target: int = 480) -> int:
@@ -32,6 +46,14 @@ def _disc(px: int, radius: float) -> np.ndarray:
     return (yy - px / 2) ** 2 + (xx - px / 2) ** 2 <= (radius * px) ** 2
 
 
+def _outline(px: int) -> np.ndarray:
+    """(px, px) bool: a cell's border, about an eighth of the cell thick."""
+    edge = max(1, px // 8)
+    stamp = np.ones((px, px), dtype=bool)
+    stamp[edge:-edge, edge:-edge] = False
+    return stamp
+
+
 def _arrow_stamps(px: int) -> np.ndarray:
     """(4, px, px) bool: a line from the cell centre towards N, W, S, E (the action order)."""
     stamps = np.zeros((4, px, px), dtype=bool)
@@ -44,13 +66,24 @@ def _arrow_stamps(px: int) -> np.ndarray:
     return stamps
 
 
-def value_colors(value: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 colours of ``value`` normalised over the cells in ``mask``."""
+def value_ramp(t: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 colours of ``t`` in [0, 1] on the value ramp (0 = low, 1 = high): maps and their keys."""
+    t = np.clip(np.asarray(t, dtype=np.float32), 0, 1)
+    return (VALUE_LOW + t[..., None] * (VALUE_HIGH - VALUE_LOW)).astype(np.uint8)
+
+
+def value_range(value: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """The lowest and highest of ``value`` over the cells in ``mask`` (all cells if none): the ends of its ramp."""
     v = np.asarray(value, dtype=np.float32)
     shown = v[mask] if mask.any() else v.ravel()
-    lo, hi = float(np.nanmin(shown)), float(np.nanmax(shown))
-    t = np.clip((v - lo) / (hi - lo), 0, 1) if hi > lo else np.full_like(v, 0.5)
-    return (VALUE_LOW + t[..., None] * (VALUE_HIGH - VALUE_LOW)).astype(np.uint8)
+    return float(np.nanmin(shown)), float(np.nanmax(shown))
+
+
+def value_colors(value: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 colours of ``value`` normalised over the cells in ``mask`` (`value_range`)."""
+    v = np.asarray(value, dtype=np.float32)
+    lo, hi = value_range(v, mask)
+    return value_ramp((v - lo) / (hi - lo) if hi > lo else np.full_like(v, 0.5))
 
 
 def draw_grid(
@@ -60,10 +93,12 @@ def draw_grid(
     path: np.ndarray | None = None,
     value: np.ndarray | None = None,
     policy: np.ndarray | None = None,
+    marks: np.ndarray | None = None,
     cell_pixels: int | None = None,
 ) -> np.ndarray:
     """An (H*px, W*px, 3) uint8 frame: walls, an optional value map on free cells, the path so far, the goal,
-    the agent, and optional policy arrows (``policy`` as (H, W) actions or (4, H, W) scores, argmax taken).
+    the agent, optional policy arrows (``policy`` as (H, W) actions or (4, H, W) scores, argmax taken) and
+    optional ``marks`` ((H, W) bool: cells outlined, such as where a policy leaves the optimal actions).
     """
     occ = np.asarray(occupancy).astype(bool)
     h, w = occ.shape
@@ -83,6 +118,8 @@ def draw_grid(
         stamps = _arrow_stamps(px)[np.clip(actions, 0, 3)]  # (H, W, px, px)
         stamps &= (~occ & (actions >= 0))[..., None, None]
         frame[stamps.transpose(0, 2, 1, 3).reshape(h * px, w * px)] = ARROW
+    if marks is not None:
+        frame[upscale(np.asarray(marks, dtype=bool), px) & np.tile(_outline(px), (h, w))] = MARK
     for cell, color, radius in ((goal, GOAL, 0.42), (position, AGENT, 0.34)):
         if cell is not None:
             r, c = int(cell[0]), int(cell[1])

@@ -66,15 +66,6 @@ def showcase_order(tasks: TaskBatch) -> np.ndarray:
     return np.lexsort((-length, -detours(tasks)))
 
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow before 10.1, or without FreeType: the small bitmap font
-        return ImageFont.load_default()
-
-
 HEADER, FOOTER = 62, 40  # pixels above a frame (title, step, note) and below it (the key)
 
 
@@ -85,7 +76,7 @@ def caption_frames(frames: list[np.ndarray], title: str, reached: bool, note: st
 
     h, w = np.asarray(frames[0]).shape[:2]
     width = max(w, 400)
-    font, small = _font(15), _font(12)
+    font, small = render.font(15), render.font(12)
     steps = len(frames) - 1
     out = []
     for t, frame in enumerate(frames):
@@ -100,8 +91,7 @@ def caption_frames(frames: list[np.ndarray], title: str, reached: bool, note: st
         draw.text((6, 41), note, fill=(60, 60, 60), font=small)
         x, y = 6, HEADER + h + 8
         if value:
-            ramp = np.linspace(0, 1, 80)[None, :, None]
-            colors = (render.VALUE_LOW + ramp * (render.VALUE_HIGH - render.VALUE_LOW)).astype(np.uint8)
+            colors = render.value_ramp(np.linspace(0, 1, 80))[None]
             canvas.paste(Image.fromarray(np.repeat(colors, 12, axis=0)), (x + 40, y + 2))
             draw.text((x, y), "value", fill=(0, 0, 0), font=small)
             draw.text((x + 124, y), "high", fill=(0, 0, 0), font=small)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from idp_agents.implicit import FixedPointConfig, FixedPointInfo
 from idp_agents.planners import PLANNERS, ConvGPPNStep, Planner, SymVINStep, VINStep, make_planner
 from idp_agents.planners.base import PlannerOutput, channel_max
+from idp_agents.planners.vin import set_value_iteration
 from idp_agents.training import autograd_saved_bytes, count_host_syncs_and_ops, planner_loss
 from idp_envs import grid
 
@@ -122,6 +123,30 @@ def test_unrolled_vin_agrees_with_id_vin_when_the_step_contracts():
     torch.testing.assert_close(unrolled(maps).logits, implicit(maps).logits, atol=1e-8, rtol=1e-8)
 
 
+@pytest.mark.parametrize("name", ["vin", "convgppn"])
+def test_trace_steps_through_the_unrolled_forward_and_measures_each_residual(name):
+    """The viewer's solve, iterate by iterate: its last iterate is the unrolled planner's output, its residuals are
+    the relative change of each step, and without ``every`` it keeps the last iterate alone."""
+    planner = small_planner(name, k_fwd=12) if name == "convgppn" else contractive_vin(k_fwd=12).float()
+    planner.fixed_point = FixedPointConfig(mode="unrolled", k_fwd=12)
+    maps = random_maps(2, 7, 9, seed=8)
+    with torch.no_grad():
+        out = planner(maps)
+        trace = planner.trace(maps, 12)
+        last = planner.trace(maps, 12, every=False)
+        ctx = planner.step.encode(maps)
+        z1 = planner.step(planner.step.initial_state(ctx), ctx)
+    assert trace.values.shape == (13, 2, 7, 9) and trace.logits.shape == (13, 2, 4, 7, 9)
+    assert trace.residuals.shape == (12, 2)
+    torch.testing.assert_close(trace.logits[-1], out.logits)
+    torch.testing.assert_close(trace.values[1], planner.step.value_map(z1))
+    torch.testing.assert_close(last.logits[0], out.logits)
+    torch.testing.assert_close(last.residuals, trace.residuals)
+    assert last.values.shape == (1, 2, 7, 9)
+    if name == "vin":  # a contraction: the steps shrink
+        assert (trace.residuals[-1] < trace.residuals[1]).all()
+
+
 def parameter_gradient(planner: Planner, maps: torch.Tensor) -> torch.Tensor:
     """All parameters' gradients of a fixed non-linear function of the logits, flattened into one vector."""
     planner.zero_grad()
@@ -150,31 +175,13 @@ def test_jacobian_regulariser_setting_reaches_the_fixed_point_layer():
     assert out.info.jac_loss is not None and out.info.jac_loss.dim() == 0 and torch.isfinite(out.info.jac_loss)
 
 
-def set_value_iteration_weights(planner: Planner) -> None:
-    """Hand-set VIN (l_h=2, l_q=5) to exact value iteration: reward -1 per step, -100 on obstacles, 0 at the goal;
-    Q channels 0..3 move N, W, S, E and channel 4 stays; the head reads the four move channels."""
-    step = planner.step
-    with torch.no_grad():
-        for p in step.parameters():
-            p.zero_()
-        step.h.weight[0, 0, 1, 1] = 1.0  # h0 = obstacle + 1/99
-        step.h.bias[0] = 1.0 / 99.0
-        step.h.weight[1, 1, 1, 1] = 1.0  # h1 = goal
-        step.r.weight[0, :, 0, 0] = torch.tensor([-99.0, 1.0])  # r = -1 - 99 * obstacle + goal
-        step.q_reward[:, 0, 1, 1] = 1.0
-        for a, (dr, dc) in enumerate([*MOVES, (0, 0)]):
-            step.q_value[a, 0, 1 + dr, 1 + dc] = 1.0
-        for a in range(4):
-            step.policy.weight[a, a, 0, 0] = 1.0
-
-
 @pytest.mark.parametrize("discount", [None, 0.95])
 @pytest.mark.parametrize("topology", ["plane", "torus"])
 def test_hand_set_vin_is_value_iteration_with_actions_in_order_n_w_s_e(topology, discount):
     """Pins the action order and the padding: v = -BFS distance (discounted: -(1 - g^d) / (1 - g)), and the argmax
     is a shortest-path move. The bounded value filter turns the hand-set filter (L1 norm 1) into discounted VI."""
     planner = make_planner("vin", topology=topology, l_h=2, l_q=5, k_fwd=80, kernel=3, discount=discount)
-    set_value_iteration_weights(planner)
+    set_value_iteration(planner.step)
     rng = np.random.default_rng(6)
     obstacles = (rng.random((11, 13)) < 0.25).astype(np.float32)
     if topology == "plane":

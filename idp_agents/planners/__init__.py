@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from idp_agents.implicit import FixedPointConfig
-from idp_agents.planners.base import BellmanStep, Planner, PlannerOutput
+from idp_agents.planners.base import BellmanStep, Planner, PlannerOutput, PlannerTrace
 from idp_agents.planners.convgppn import ConvGPPNStep
 from idp_agents.planners.symvin import SteerableConv, SymVINStep
 from idp_agents.planners.vin import VINStep
@@ -101,6 +101,7 @@ __all__ = [
     "ConvGPPNStep",
     "Planner",
     "PlannerOutput",
+    "PlannerTrace",
     "PlannerSpec",
     "SteerableConv",
     "SymVINStep",

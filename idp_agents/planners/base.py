@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idp_agents.implicit import FixedPointConfig, FixedPointInfo, solve_fixed_point, spectral_radius
-from idp_agents.solvers import anderson
+from idp_agents.solvers import RESIDUAL_EPS, anderson
 from idp_envs.grid import check_topology
 
 
@@ -148,6 +148,15 @@ class BellmanStep(nn.Module, ABC):
 
 
 @dataclass
+class PlannerTrace:
+    """The plain iteration z_{k+1} = f(z_k) from the initial state, as a planner's values and policy take shape."""
+
+    values: Tensor  # (K + 1, B, H, W): the value map of z_0 ... z_K (only z_K's, (1, B, H, W), unless ``every``)
+    logits: Tensor  # (K + 1, B, 4, H, W): the head's action logits at the same iterates
+    residuals: Tensor  # (K, B): ||f(z_k) - z_k|| / ||f(z_k)|| for k < K, as the solvers measure it
+
+
+@dataclass
 class PlannerOutput:
     """Logits for every cell, the value map, and the fixed-point solver's diagnostics."""
 
@@ -198,6 +207,28 @@ class Planner(nn.Module):
         """The step on these maps alone, for a solve that continues some samples of a batch."""
         ctx = self.step.encode(maps)
         return lambda state: self.step(state, ctx)
+
+    def trace(self, maps: Tensor, iterations: int, every: bool = True) -> PlannerTrace:
+        """Apply the step ``iterations`` times from its initial state and measure each step's relative residual:
+        the unrolled planner's forward pass step by step, and for an implicit planner the plain iteration towards
+        the fixed point that its solver (Anderson, by default) reaches in fewer steps. ``every``: keep every
+        iterate's value map and logits; otherwise only the last one's."""
+        if not isinstance(iterations, int) or iterations < 0:
+            raise ValueError(f"iterations must be a non-negative int, got {iterations!r}")
+        with torch.no_grad():
+            ctx = self.step.encode(check_maps(maps))
+            z = self.step.initial_state(ctx)
+            values, logits, residuals = [], [], []
+            for k in range(iterations + 1):
+                if every or k == iterations:
+                    values.append(self.step.value_map(z))
+                    logits.append(self.step.head(z, ctx))
+                if k < iterations:
+                    fz = self.step(z, ctx)
+                    residuals.append((fz - z).flatten(1).norm(dim=1) / (fz.flatten(1).norm(dim=1) + RESIDUAL_EPS))
+                    z = fz
+        stacked = torch.stack(residuals) if residuals else maps.new_zeros(0, maps.shape[0])
+        return PlannerTrace(torch.stack(values), torch.stack(logits), stacked)
 
     def spectral_radius(self, maps: Tensor, iterations: int = 40, solve_iterations: int = 200) -> Tensor:
         """(B,) spectral radius of the step's Jacobian dz'/dz at its fixed point on ``maps``, by power iteration.

@@ -96,3 +96,33 @@ class VINStep(BellmanStep):
 
     def value_map(self, z: Tensor) -> Tensor:
         return z[:, 0]
+
+
+def set_value_iteration(step: VINStep, obstacle_cost: float = 100.0) -> VINStep:
+    """Set ``step``'s weights (in place) to exact value iteration: reward -1 per step, -``obstacle_cost`` in
+    obstacles and 0 at the goal; Q channels 0-3 move N, W, S, E and the others stay; the logits are the four moves'
+    Q. The value map is then minus the BFS distance to the goal (discounted, -(1 - g^d) / (1 - g), with a
+    ``discount`` g: the bounded value filter scales the hand-set one, of L1 norm 1), peaking at the goal, and the
+    argmax policy moves along shortest paths: a planner that needs no training, for tests, benchmarks and the
+    viewer. Needs ``l_h >= 2`` and ``l_q >= 5``. On a plane, zero padding reads as a value of 0 beyond the edge,
+    above every cell's: give the map a border of walls, as generated mazes have. With a discount g, cells d steps
+    away differ from their neighbours by g^d, which float32 resolves up to d of about 250 at g = 0.95."""
+    if step.l_h < 2 or step.l_q < 5 or step.kernel < 3:
+        raise ValueError(
+            f"value iteration needs l_h >= 2, l_q >= 5 and kernel >= 3, got {step.l_h}, {step.l_q}, {step.kernel}"
+        )
+    c = step.kernel // 2
+    with torch.no_grad():
+        for p in step.parameters():
+            p.zero_()
+        step.h.weight[0, 0, 1, 1] = 1.0  # h0 = obstacle + 1 / (cost - 1)
+        step.h.bias[0] = 1.0 / (obstacle_cost - 1.0)
+        step.h.weight[1, 1, 1, 1] = 1.0  # h1 = goal
+        step.r.weight[0, :2, 0, 0] = torch.tensor([1.0 - obstacle_cost, 1.0])  # r = -1 - (cost - 1) obstacle + goal
+        step.q_reward[:, 0, c, c] = 1.0
+        moves = ((-1, 0), (0, -1), (1, 0), (0, 1))
+        for a in range(step.l_q):
+            dr, dc = moves[a] if a < 4 else (0, 0)
+            step.q_value[a, 0, c + dr, c + dc] = 1.0
+        step.policy.weight[:, :4, 0, 0] = torch.eye(4)
+    return step

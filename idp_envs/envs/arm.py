@@ -411,8 +411,17 @@ class ArmCSpaceEnv(GridPlanningEnv):
         )
         size = cspace.shape[0]
         workspace = draw_workspace(self.workspace_image(), self.bins, tuple(self.position), self.task.goal, size)
-        gap = np.full((size, max(4, px // 2), 3), 255, dtype=np.uint8)
+        gap = np.full((size, self._gap(px), 3), 255, dtype=np.uint8)
         return np.concatenate([workspace, gap, cspace], axis=1)
+
+    @staticmethod
+    def _gap(px: int) -> int:
+        return max(4, px // 2)
+
+    def grid_panel(self) -> tuple[int, int, int]:
+        """The C-space is drawn right of the workspace image, which is as high as the C-space panel."""
+        px = render.default_cell_pixels(self.shape)
+        return 0, self.shape[0] * px + self._gap(px), px
 
 
 class ArmWorkspaceEnv(ArmCSpaceEnv):

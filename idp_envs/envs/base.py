@@ -51,7 +51,7 @@ class GridPlanningEnv(gym.Env):
         self.position = np.zeros(2, dtype=np.int64)
         self.path: list[tuple[int, int]] = []
         self.steps = 0
-        self.overlay: dict[str, np.ndarray | None] = {"value": None, "policy": None}
+        self.overlay: dict[str, np.ndarray | None] = {"value": None, "policy": None, "marks": None}
         self._window: render.PygameWindow | None = None
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> TaskBatch:
@@ -86,7 +86,7 @@ class GridPlanningEnv(gym.Env):
         self.position = np.array(self.task.start, dtype=np.int64)
         self.path = [self.task.start]
         self.steps = 0
-        self.overlay = {"value": None, "policy": None}
+        self.overlay = {"value": None, "policy": None, "marks": None}
         return self.observation(), self.info()
 
     def step(self, action):
@@ -146,15 +146,24 @@ class GridPlanningEnv(gym.Env):
             raise ValueError(f"task topology {task.topology!r} does not match the environment's {self.topology!r}")
         return task
 
-    def set_overlay(self, value: np.ndarray | None = None, policy: np.ndarray | None = None) -> None:
-        """Show a value map (H, W) and/or a policy map ((H, W) actions or (4, H, W) scores) in rendered frames."""
+    def set_overlay(
+        self, value: np.ndarray | None = None, policy: np.ndarray | None = None, marks: np.ndarray | None = None
+    ) -> None:
+        """Show a value map (H, W), a policy map ((H, W) actions or (4, H, W) scores) and/or marked cells ((H, W)
+        bool, outlined) in rendered frames."""
         for name, arr, shapes in (
             ("value", value, [self.shape]),
             ("policy", policy, [self.shape, (4, *self.shape)]),
+            ("marks", marks, [self.shape]),
         ):
             if arr is not None and np.shape(arr) not in shapes:
                 raise ValueError(f"{name} overlay must have shape {' or '.join(map(str, shapes))}, got {np.shape(arr)}")
-        self.overlay = {"value": value, "policy": policy}
+        self.overlay = {"value": value, "policy": policy, "marks": marks}
+
+    def grid_panel(self) -> tuple[int, int, int]:
+        """Where `render_frame` draws the grid: (top, left) pixel of its first cell and pixels per cell, so that a
+        click on a frame can be turned into a cell."""
+        return 0, 0, render.default_cell_pixels(self.shape)
 
     def render_frame(self) -> np.ndarray:
         return render.draw_grid(self.task.occupancy, self.task.goal, self.position, np.array(self.path), **self.overlay)

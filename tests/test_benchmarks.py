@@ -66,3 +66,10 @@ def test_learning_csv_of_another_shape_is_refused(tmp_path):
     (tmp_path / "learning.csv").write_text("task,planner\nmaze15,vin\n")
     with pytest.raises(ValueError, match="not a learning table this benchmark wrote"):
         read_rows(tmp_path / "learning.csv")
+
+
+def test_bench_view_times_clicks_that_change_the_map():
+    from benchmarks.bench_view import time_clicks, value_iteration_policy
+
+    row = time_clicks(value_iteration_policy(15), 15, clicks=3, seed=0)
+    assert row["ms_median"] > 0 and row["ms_p90"] >= row["ms_median"] and row["iterations_median"] >= 1

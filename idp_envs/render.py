@@ -128,6 +128,16 @@ def draw_grid(
     return frame
 
 
+def wrap_margin(frame: np.ndarray, band: int, fade: float = 0.55) -> np.ndarray:
+    """A torus's frame with a margin of ``band`` pixels on every side showing, faded towards white, what lies across
+    the opposite edge: a path that leaves on the right is seen to come back on the left."""
+    wrapped = np.pad(frame, ((band, band), (band, band), (0, 0)), mode="wrap")
+    margin = np.ones(wrapped.shape[:2], dtype=bool)
+    margin[band : band + frame.shape[0], band : band + frame.shape[1]] = False
+    wrapped[margin] = (wrapped[margin] * (1 - fade) + 255 * fade).astype(np.uint8)
+    return wrapped
+
+
 class PygameWindow:
     """A window that shows numpy frames; opened lazily so that importing needs no display."""
 

@@ -257,8 +257,14 @@ def test_rendering_shows_arm_beside_cspace():
     cspace = render.draw_grid(
         inner.task.occupancy, inner.task.goal, inner.position, np.array(inner.path), cell_pixels=px
     )
-    assert frame.shape[0] == cspace.shape[0] and np.array_equal(frame[:, -cspace.shape[1] :], cspace)
-    workspace = frame[:, : cspace.shape[0]]
+    top, left, _ = inner.grid_panel()
+    h, w = cspace.shape[:2]
+    np.testing.assert_array_equal(frame[top : top + h, left : left + w], cspace)
+    assert frame.shape[0] == h + 2 * top and frame.shape[1] == left + w + top
+    # the margin shows the torus's opposite edge, faded: the column left of the C-space is its last column, lighter
+    np.testing.assert_array_equal(frame[top : top + h, left - 1] >= cspace[:, -1], True)
+    assert (frame[top : top + h, left - 1] > cspace[:, -1]).any()
+    workspace = frame[:, : frame.shape[0]]
     assert (workspace == arm.ARM_COLOR.astype(np.uint8)).all(-1).sum() > 50
     # the goal pose is drawn faint: a blend, never the full goal colour
     assert not (workspace == arm.GOAL_ARM_COLOR.astype(np.uint8)).all(-1).any()

@@ -405,23 +405,28 @@ class ArmCSpaceEnv(GridPlanningEnv):
         return None
 
     def render_frame(self) -> np.ndarray:
+        """The workspace (the arm, its goal pose faint, the obstacles) beside the C-space, whose margin shows what
+        lies across each edge of the torus."""
         px = render.default_cell_pixels(self.shape)
         cspace = render.draw_grid(
             self.task.occupancy, self.task.goal, self.position, np.array(self.path), cell_pixels=px, **self.overlay
         )
+        cspace = render.wrap_margin(cspace, self._band(px))
         size = cspace.shape[0]
         workspace = draw_workspace(self.workspace_image(), self.bins, tuple(self.position), self.task.goal, size)
-        gap = np.full((size, self._gap(px), 3), 255, dtype=np.uint8)
+        gap = np.full((size, self._band(px), 3), 255, dtype=np.uint8)
         return np.concatenate([workspace, gap, cspace], axis=1)
 
     @staticmethod
-    def _gap(px: int) -> int:
+    def _band(px: int) -> int:
+        """The gap between the panels and the width of the C-space's wrapped margin."""
         return max(4, px // 2)
 
     def grid_panel(self) -> tuple[int, int, int]:
-        """The C-space is drawn right of the workspace image, which is as high as the C-space panel."""
         px = render.default_cell_pixels(self.shape)
-        return 0, self.shape[0] * px + self._gap(px), px
+        band = self._band(px)
+        size = self.shape[0] * px + 2 * band  # the workspace image is as high as the C-space with its margin
+        return band, size + band + band, px
 
 
 class ArmWorkspaceEnv(ArmCSpaceEnv):

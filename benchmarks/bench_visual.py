@@ -1,7 +1,9 @@
 """Rendering VisualMaze panoramas: views per second in one process, and the time, peak memory and disk of
-generating a dataset of N mazes through the on-disk view store with worker processes.
+generating a dataset of N mazes through the on-disk view store with worker processes; then what reading that
+store costs a training step: milliseconds to read a batch of 32 maps' views at random, against one ID-ConvGPPN
+training step with its visual mapper on that batch (mapper, planner, backward, as ``imitate``'s joint phase).
 
-    python benchmarks/bench_visual.py [--size 15] [--maps 1000] [--workers 2] [--single-maps 20]
+    python benchmarks/bench_visual.py [--size 15] [--maps 1000] [--workers 2] [--single-maps 20] [--threads 1]
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from idp_envs import datasets, views
+from idp_envs import datasets, view_store, views
 
 
 def rss_mb(pid: int) -> float:
@@ -65,13 +68,13 @@ def bench_dataset(size: int, maps: int, workers: int, folder: Path) -> dict:
     path = datasets.save_dataset(folder / f"visual{size}.npz", splits, meta)
     t1 = time.perf_counter()
     with PeakMemory() as memory:
-        store = views.render_dataset_views(path, splits, workers=workers)
+        store = view_store.render_dataset_views(path, splits, workers=workers)
     t2 = time.perf_counter()
     free_views = int((splits["train"].occupancy == 0).sum()) * views.DIRECTIONS
     disk = sum(f.stat().st_blocks * 512 for f in store.iterdir())
     loaded, _ = datasets.load_dataset(path)  # lazily: touches nothing
     assert loaded["train"].extras["views"].shape[0] == maps
-    return {
+    return path, {
         "phase": f"dataset ({workers} workers)",
         "size": size,
         "maps": maps,
@@ -84,6 +87,46 @@ def bench_dataset(size: int, maps: int, workers: int, folder: Path) -> dict:
         "peak_rss_parent_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "peak_rss_worker_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         "disk_mb": round(disk / 2**20),
+        "disk_gb_per_1000_maps": round(disk / 1e9 * 1000 / maps, 3),
+    }
+
+
+def bench_loading(path: Path, batch_size: int = 32, repeats: int = 8) -> dict:
+    """Median milliseconds to read a random batch from the view store, and of one training step on it."""
+    import torch
+
+    from idp_agents.mappers import cspace_planner_maps, make_mapper
+    from idp_agents.planners import make_planner
+    from idp_agents.training import batch_rows, planner_loss
+    from idp_envs.tasks import TaskBatch
+
+    loaded, _ = datasets.load_dataset(path)
+    train = loaded["train"]
+    store = train.extras["views"]
+    labels = datasets.task_tensors(TaskBatch(*(getattr(train, k) for k in TaskBatch.ARRAYS), train.topology))
+    mapper = make_mapper("views", train.occupancy.shape[1:])
+    planner = make_planner("id-convgppn")
+    optimizer = torch.optim.RMSprop(list(mapper.parameters()) + list(planner.parameters()), lr=1e-3)
+    rng = np.random.default_rng(0)
+    reads, steps = [], []
+    for _ in range(repeats):
+        idx = torch.from_numpy(np.sort(rng.choice(len(train), min(batch_size, len(train)), replace=False)))
+        t0 = time.perf_counter()
+        batch = batch_rows(store, idx)
+        t1 = time.perf_counter()
+        optimizer.zero_grad()
+        maps = cspace_planner_maps(mapper(batch), labels["goal"][idx])
+        planner_loss(planner(maps), labels["optimal_actions"][idx]).backward()
+        optimizer.step()
+        t2 = time.perf_counter()
+        reads.append(t1 - t0)
+        steps.append(t2 - t1)
+    read, step = 1000 * statistics.median(reads), 1000 * statistics.median(steps)
+    return {
+        "phase": f"training batch of {batch_size}",
+        "read_ms": round(read, 1),
+        "step_ms": round(step, 1),
+        "loading_share": round(read / (read + step), 4),
     }
 
 
@@ -126,18 +169,23 @@ def main() -> None:
     parser.add_argument("--single-maps", type=int, default=20, help="maps rendered in one process")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--scratch", default=None, help="folder for the dataset (default: a temporary one)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads for the training step")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="bench_visual_"))
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        rows = [bench_dataset(args.size, args.maps, args.workers, scratch)]  # first: no GL context in the parent
-        rows.append(bench_single_process(args.size, args.single_maps))
+        path, dataset_row = bench_dataset(args.size, args.maps, args.workers, scratch)  # first: no GL context here
+        rows = [dataset_row, bench_single_process(args.size, args.single_maps), bench_loading(path)]
     finally:
         if args.scratch is None:
             shutil.rmtree(scratch, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fields = list(rows[1])
+    fields = list(dict.fromkeys(k for row in rows for k in row))
     with open(out / "bench_visual.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()

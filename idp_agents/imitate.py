@@ -45,7 +45,7 @@ from idp_agents.training import (
     mapper_logits,
     planner_loss,
 )
-from idp_envs import resolve_env_id, size_kwargs, views
+from idp_envs import resolve_env_id, size_kwargs, view_store, views
 from idp_envs.datasets import (
     DatasetError,
     check_dataset_fits_env,
@@ -559,7 +559,7 @@ def load_or_generate_dataset(config: RunConfig) -> tuple[dict, dict]:
         save_dataset(path, splits, meta)
     if views.env_renders_views(config.env):  # renders what an interrupted run left missing; nothing when complete
         splits, _ = load_dataset(path, with_views=False)
-        views.render_dataset_views(path, splits, progress=config.progress)
+        view_store.render_dataset_views(path, splits, progress=config.progress)
     splits, meta = load_dataset(path)
     missing = {"train", "val", "test"} - set(splits)
     if missing:
@@ -578,17 +578,17 @@ def load_or_generate_dataset(config: RunConfig) -> tuple[dict, dict]:
 
 
 def split_data(batch: TaskBatch, input_key: str | None, device: torch.device) -> dict:
-    """A split's tensors on ``device``; a mapper's input stays a memory map when it is one (read per batch)."""
+    """A split's tensors on ``device``; a mapper's input stays on disk when it is a view store (read per batch)."""
     unlabelled = int((~batch.optimal_actions.reshape(len(batch.optimal_actions), -1).any(axis=1)).sum())
     if unlabelled:
         raise ValueError(f"{unlabelled} maps of the dataset have no cell with an optimal action (goal unreachable)")
-    eager = {k: v for k, v in batch.extras.items() if not isinstance(v, np.memmap)}
+    eager = {k: v for k, v in batch.extras.items() if not isinstance(v, view_store.ViewStore)}
     data = task_tensors(TaskBatch(*(getattr(batch, k) for k in TaskBatch.ARRAYS), batch.topology, eager), device)
     if input_key is not None:
         if input_key not in batch.extras:
             raise ValueError(f"the dataset has no {input_key!r} for the mapper (extras: {sorted(batch.extras)})")
         source = batch.extras[input_key]
-        data["mapper_input"] = source if isinstance(source, np.memmap) else data[input_key]
+        data["mapper_input"] = source if isinstance(source, view_store.ViewStore) else data[input_key]
     return data
 
 

@@ -125,14 +125,14 @@ def evaluate_planner(
 
 
 def batch_rows(source, index: Tensor) -> Tensor:
-    """Rows ``index`` of a tensor, or of a numpy array / memory map (read from disk only for those rows)."""
+    """Rows ``index`` of a tensor, or of a numpy array or view store (read from disk only for those rows)."""
     if isinstance(source, Tensor):
         return source[index.to(source.device)]
     return torch.from_numpy(np.ascontiguousarray(source[index.cpu().numpy()]))
 
 
 def mapper_logits(mapper: torch.nn.Module, inputs, batch_size: int = 64, device=None) -> Tensor:
-    """(N, H, W) obstacle logits of a mapper over all its inputs (a tensor or a memory map), without autograd."""
+    """(N, H, W) obstacle logits of a mapper over all its inputs (a tensor or a view store), without autograd."""
     was_training = mapper.training
     mapper.eval()
     chunks = []

@@ -8,7 +8,7 @@ A dataset is one compressed ``.npz`` file with arrays ``<split>/<name>`` (occupa
 optimal_actions, and ``<split>/extras/<name>`` for raw observations) and a JSON ``metadata`` entry (env id,
 shape, topology, seed, counts, format version). No map layout appears in two splits. Environments that observe
 rendered views (IDP/VisualMaze-*) also get a view store beside the file (``mazes15.views/``, see
-`idp_envs.views`), rendered by ``--workers`` processes, resumed by rerunning the command, and loaded lazily as
+`idp_envs.view_store`), rendered by ``--workers`` processes, resumed by rerunning the command, and loaded lazily as
 the ``views`` extra.
 """
 
@@ -195,7 +195,7 @@ def load_dataset(path: str | os.PathLike, with_views: bool = True) -> tuple[dict
                 f"{path}: split {name!r} has {batch.occupancy.shape[1:]} maps, its metadata says {meta['shape']}; "
                 f"{REMAKE}"
             )
-    from idp_envs.views import attach_views
+    from idp_envs.view_store import attach_views
 
     if with_views:
         attach_views(path, splits)
@@ -303,11 +303,13 @@ def task_tensors(batch: TaskBatch, device=None) -> dict:
 
 def torch_dataset(batch: TaskBatch):
     """A `torch.utils.data.Dataset` over a split: item i is a dict of tensors (see `task_tensors`); extras that are
-    memory-mapped (a view store) stay on disk and are read per item."""
+    on disk (a view store) stay there and are read per item."""
     import torch
     from torch.utils.data import Dataset
 
-    lazy = {k: v for k, v in batch.extras.items() if isinstance(v, np.memmap)}
+    from idp_envs.view_store import ViewStore
+
+    lazy = {k: v for k, v in batch.extras.items() if isinstance(v, ViewStore)}
     eager = {k: v for k, v in batch.extras.items() if k not in lazy}
     tensors = task_tensors(TaskBatch(*(getattr(batch, k) for k in TaskBatch.ARRAYS), batch.topology, eager))
 
@@ -358,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_command(args: argparse.Namespace) -> None:
-    from idp_envs import resolve_env_id, size_kwargs, views
+    from idp_envs import resolve_env_id, size_kwargs, view_store, views
 
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a directory; give the dataset's file name, e.g. {args.out}/maze.npz")
@@ -372,7 +374,7 @@ def run_command(args: argparse.Namespace) -> None:
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     print(f"wrote {path} ({sizes}; {path.stat().st_size / 1e6:.1f} MB)")
     if not args.from_gppn and views.env_renders_views(env_id):
-        folder = views.render_dataset_views(path, splits, workers=args.workers)
+        folder = view_store.render_dataset_views(path, splits, workers=args.workers)
         print(f"wrote views to {folder}")
 
 

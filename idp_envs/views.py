@@ -6,28 +6,21 @@ free cell's centre four 32x32 views are taken facing N, W, S and E (the action o
 field of view so that together they cover the full circle; obstacle cells get black views.
 
 MiniWorld and pyglet are imported on first use only, with pyglet's headless (EGL) option set first, so importing
-`idp_envs` never needs a display. Datasets of views are too big for memory (10k 15x15 mazes: ~9M views, 28 GB):
-`render_dataset_views` renders them with worker processes into memory-mapped ``.npy`` files beside the dataset,
-resumes an interrupted run, and `load_views` maps them back lazily.
+`idp_envs` never needs a display. A dataset's views (10k 15x15 mazes: ~9M views, 28 GB uncompressed) live in a
+compressed store beside it, rendered by worker processes and read lazily: `idp_envs.view_store`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import io
-import json
 import math
-import multiprocessing
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-
-from idp_envs.files import atomic_write
 
 VIEW_SIZE = 32
 DIRECTIONS = 4
@@ -37,7 +30,6 @@ CAMERA_HEIGHT = 1.5
 WALL_TEXTURE, FLOOR_TEXTURE, CEILING_TEXTURE = "brick_wall", "floor_tiles_bw", "ceiling_tile_noborder"
 GOAL_COLOR = "green"
 TILES = 16  # views rendered side by side into one frame buffer, TILES x TILES per read-back
-STORE_VERSION = 1
 
 
 def direction_angles() -> np.ndarray:
@@ -279,139 +271,6 @@ def render_panoramas(
 ) -> np.ndarray:
     """(H, W, 4, S, S, 3) uint8: the N, W, S, E views from every free cell's centre; black for obstacle cells."""
     return shared_renderer(view_size).render(occupancy, goal)
-
-
-def views_dir(dataset_path: str | os.PathLike) -> Path:
-    """Where the views of a dataset file live: ``mazes.npz`` -> ``mazes.views/``."""
-    path = Path(dataset_path)
-    return path.with_name(f"{path.stem}.views")
-
-
-def layout_fingerprint(occupancy: np.ndarray, goal: np.ndarray) -> str:
-    """A digest of the maps and goals a view file was rendered for, to refuse resuming into another dataset."""
-    digest = hashlib.sha256(np.ascontiguousarray(occupancy, dtype=np.uint8).tobytes())
-    digest.update(np.ascontiguousarray(goal, dtype=np.int64).tobytes())
-    return digest.hexdigest()
-
-
-def _render_chunk(job: tuple) -> tuple[str, np.ndarray]:
-    """Worker: render the maps ``index`` of a split and write each straight into its view file at its offset."""
-    split, path, offset, index, occupancy, goal, view_size = job
-    renderer = shared_renderer(view_size)
-    with open(path, "r+b") as f:
-        for i, occ, g in zip(index, occupancy, goal, strict=True):
-            views = renderer.render(occ, tuple(g))
-            os.pwrite(f.fileno(), views.tobytes(), offset + int(i) * views.nbytes)
-        os.fdatasync(f.fileno())  # on disk before the parent marks these maps done
-    return split, index
-
-
-def _open_split_store(folder: Path, split: str, batch, view_size: int, meta: dict) -> tuple[Path, Path, np.ndarray]:
-    """The view file and done flags of one split, created afresh unless they match ``batch`` (then resumed)."""
-    views_path, done_path = folder / f"{split}.npy", folder / f"{split}.done.npy"
-    shape = (len(batch), *batch.occupancy.shape[1:], DIRECTIONS, view_size, view_size, 3)
-    fingerprint = layout_fingerprint(batch.occupancy, batch.goal)
-    previous = meta.get("splits", {}).get(split, {})
-    resumable = previous.get("fingerprint") == fingerprint and views_path.is_file() and done_path.is_file()
-    if resumable:
-        resumable = np.load(views_path, mmap_mode="r").shape == shape
-    if not resumable:
-        np.lib.format.open_memmap(views_path, mode="w+", dtype=np.uint8, shape=shape).flush()  # a sparse file
-        with atomic_write(done_path) as f:
-            np.save(f, np.zeros(len(batch), dtype=bool))
-    meta.setdefault("splits", {})[split] = {"fingerprint": fingerprint, "shape": list(shape)}
-    return views_path, done_path, np.load(done_path)
-
-
-def render_dataset_views(
-    dataset_path: str | os.PathLike,
-    splits: dict,
-    workers: int | None = None,
-    view_size: int = VIEW_SIZE,
-    chunk: int = 4,
-    progress: bool = True,
-) -> Path:
-    """Render the views of every task of ``splits`` into ``views_dir(dataset_path)``; returns that folder.
-
-    Worker processes (``workers``, default one per CPU; 0 renders in this process) write each map's views into a
-    memory-mapped ``<split>.npy`` as they go, and ``<split>.done.npy`` records finished maps, so that peak memory
-    stays that of one map per worker and a rerun of an interrupted generation renders only what is missing.
-    """
-    from tqdm.auto import tqdm
-
-    folder = views_dir(dataset_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    meta_path = folder / "views.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if meta.get("format_version") not in (None, STORE_VERSION) or meta.get("view_size") not in (None, view_size):
-        meta = {}
-    meta.update(format_version=STORE_VERSION, view_size=view_size, directions="N,W,S,E")
-    stores = {name: _open_split_store(folder, name, batch, view_size, meta) for name, batch in splits.items()}
-    with atomic_write(meta_path) as f:
-        f.write(json.dumps(meta, indent=1).encode())
-    jobs = []
-    for name, (views_path, _, done) in stores.items():
-        batch, offset = splits[name], np.load(views_path, mmap_mode="r").offset
-        missing = np.flatnonzero(~done)
-        for part in np.array_split(missing, math.ceil(len(missing) / chunk)) if len(missing) else []:
-            jobs.append((name, str(views_path), offset, part, batch.occupancy[part], batch.goal[part], view_size))
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    todo = sum(len(job[3]) for job in jobs)
-    with tqdm(total=todo, desc=f"views into {folder.name}", unit="map", disable=not progress) as bar:
-        if workers == 0 or not jobs:
-            _mark_done(map(_render_chunk, jobs), stores, bar)
-        else:
-            context = multiprocessing.get_context("spawn")  # a forked OpenGL context is unusable
-            with context.Pool(min(workers, len(jobs))) as pool:
-                _mark_done(pool.imap_unordered(_render_chunk, jobs), stores, bar)
-    return folder
-
-
-def _mark_done(results, stores: dict, bar) -> None:
-    """Record rendered maps as done, on disk and atomically, as their chunks come back."""
-    for name, index in results:
-        _, done_path, done = stores[name]
-        done[index] = True
-        with atomic_write(done_path) as f:
-            np.save(f, done)
-        bar.update(len(index))
-
-
-def load_views(dataset_path: str | os.PathLike, split: str) -> np.ndarray:
-    """The (N, H, W, 4, S, S, 3) uint8 views of one split as a read-only memory map (read lazily, per map)."""
-    from idp_envs.datasets import DatasetError
-
-    folder = views_dir(dataset_path)
-    views_path, done_path = folder / f"{split}.npy", folder / f"{split}.done.npy"
-    if not views_path.is_file() or not done_path.is_file():
-        raise DatasetError(f"{folder} has no views for split {split!r}")
-    done = np.load(done_path)
-    if not done.all():
-        raise DatasetError(
-            f"{folder}: views of split {split!r} are incomplete ({int(done.sum())} of {len(done)} maps); rerun the "
-            "dataset command with the same arguments to resume"
-        )
-    return np.load(views_path, mmap_mode="r")
-
-
-def attach_views(dataset_path: str | os.PathLike, splits: dict) -> None:
-    """Give each split of a loaded dataset its lazily read ``views`` extra, when the dataset has a view store."""
-    from idp_envs.datasets import DatasetError
-
-    folder = views_dir(dataset_path)
-    if not folder.is_dir():
-        return
-    meta = json.loads((folder / "views.json").read_text()) if (folder / "views.json").is_file() else {}
-    for name, batch in splits.items():
-        expected = meta.get("splits", {}).get(name, {}).get("fingerprint")
-        if expected != layout_fingerprint(batch.occupancy, batch.goal):
-            raise DatasetError(f"{folder}: views of split {name!r} were rendered for other maps than {dataset_path}")
-        views = load_views(dataset_path, name)
-        if len(views) != len(batch):
-            raise DatasetError(f"{folder}: split {name!r} has {len(views)} maps of views for {len(batch)} tasks")
-        batch.extras["views"] = views
 
 
 def env_renders_views(env_id: str) -> bool:

@@ -1,6 +1,9 @@
 """VisualMaze: panoramas rendered headless with MiniWorld, the environment, the on-disk view store, the mapper."""
 
+import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +14,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from idp_agents.mappers import VisualMapper
-from idp_envs import datasets, grid, views
+from idp_envs import datasets, grid, view_store, views
 from idp_envs.tasks import PlanningTask
 
 N, W, S, E = range(4)
@@ -140,7 +143,7 @@ def view_dataset(tmp_path_factory):
         "IDP/VisualMaze-v0", {"train": 6, "val": 2}, seed=3, env_kwargs={"size": 7}, progress=False
     )
     path = datasets.save_dataset(tmp_path_factory.mktemp("visual") / "mazes.npz", splits, meta)
-    views.render_dataset_views(path, splits, workers=2, chunk=2, progress=False)
+    view_store.render_dataset_views(path, splits, workers=2, chunk=2, progress=False)
     return path, splits
 
 
@@ -148,36 +151,52 @@ def test_view_store_is_rendered_by_workers_and_loaded_lazily(view_dataset):
     path, splits = view_dataset
     loaded, _ = datasets.load_dataset(path)
     stored = loaded["train"].extras["views"]
-    assert isinstance(stored, np.memmap) and stored.shape == (6, 7, 7, 4, 32, 32, 3)
+    assert isinstance(stored, view_store.ViewStore) and stored.shape == (6, 7, 7, 4, 32, 32, 3) and len(stored) == 6
     for i in (0, 5):  # rendered in another process, identical to rendering here
         assert np.array_equal(stored[i], views.render_panoramas(splits["train"].occupancy[i], splits["train"].goal[i]))
+    batch = stored[np.array([5, 0])]
+    assert batch.shape == (2, 7, 7, 4, 32, 32, 3) and np.array_equal(batch[1], stored[0])
+    rows = stored[2:4]  # a slice stays on disk, as a memory map's does
+    assert isinstance(rows, view_store.ViewStore) and np.array_equal(rows[1], stored[3])
+    assert np.array_equal(pickle.loads(pickle.dumps(stored))[5], stored[5])  # for data-loader workers
     item = datasets.torch_dataset(loaded["val"])[1]
     assert item["views"].shape == (7, 7, 4, 32, 32, 3) and item["views"].dtype == torch.uint8
     assert item["maps"].shape == (2, 7, 7)
 
 
+def test_view_store_keeps_free_cells_only_compressed(view_dataset):
+    path, splits = view_dataset
+    folder = view_store.views_dir(path)
+    train = splits["train"]
+    free_bytes = int((train.occupancy == 0).sum()) * 4 * 32 * 32 * 3
+    assert (folder / "train.views").stat().st_size < free_bytes / 2  # compressed: Zstandard
+    index = np.load(folder / "train.index.npy")
+    assert (index[:, 1] > 0).all() and (np.diff(np.sort(index[:, 0])) > 0).all()
+
+
 def test_interrupted_view_store_resumes_only_missing_maps(view_dataset, tmp_path, monkeypatch):
     path, splits = view_dataset
-    folder = views.views_dir(path)
-    expected = np.array(np.load(folder / "train.npy"))
-    done = np.load(folder / "train.done.npy")
-    done[[1, 4]] = False  # as if the run stopped before these maps were finished
-    np.save(folder / "train.done.npy", done)
-    with open(folder / "train.npy", "r+b") as f:
-        offset = np.load(folder / "train.npy", mmap_mode="r").offset
-        f.seek(offset + expected[0].nbytes)
-        f.write(bytes(expected[0].nbytes))  # map 1 half-written: zeros
+    copy = tmp_path / "mazes.npz"
+    copy.write_bytes(path.read_bytes())
+    folder = view_store.views_dir(copy)
+    shutil.copytree(view_store.views_dir(path), folder)
+    expected = np.asarray(datasets.load_dataset(copy)[0]["train"].extras["views"])
+    index = np.load(folder / "train.index.npy")
+    index[[1, 4]] = -1  # as if the run stopped before these maps were recorded
+    np.save(folder / "train.index.npy", index)
+    with open(folder / "train.views", "ab") as f:
+        f.write(b"half a map")  # and in the middle of writing one
     with pytest.raises(datasets.DatasetError, match="incomplete"):
-        datasets.load_dataset(path)
+        datasets.load_dataset(copy)
     rendered = []
     original = views.PanoramaRenderer.render
     monkeypatch.setattr(
         views.PanoramaRenderer, "render", lambda self, occ, goal=None: rendered.append(1) or original(self, occ, goal)
     )
-    views.render_dataset_views(path, splits, workers=0, progress=False)
+    view_store.render_dataset_views(copy, splits, workers=0, progress=False)
     assert len(rendered) == 2
-    loaded, _ = datasets.load_dataset(path)
-    assert np.array_equal(loaded["train"].extras["views"], expected)
+    loaded, _ = datasets.load_dataset(copy)
+    assert np.array_equal(np.asarray(loaded["train"].extras["views"]), expected)
 
 
 def test_view_store_of_other_maps_is_not_resumed(view_dataset, tmp_path):
@@ -187,15 +206,51 @@ def test_view_store_of_other_maps_is_not_resumed(view_dataset, tmp_path):
     )
     copy = tmp_path / "mazes.npz"
     copy.write_bytes(path.read_bytes())
-    views.views_dir(copy).mkdir()
-    for f in views.views_dir(path).iterdir():
-        (views.views_dir(copy) / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(view_store.views_dir(path), view_store.views_dir(copy))
     datasets.save_dataset(copy, other, {"shape": [7, 7]})
     with pytest.raises(datasets.DatasetError, match="other maps"):
         datasets.load_dataset(copy)
-    views.render_dataset_views(copy, {"val": other["val"]}, workers=0, progress=False)
-    fresh = np.load(views.views_dir(copy) / "val.npy")
+    view_store.render_dataset_views(copy, {"val": other["val"]}, workers=0, progress=False)
+    fresh = view_store.load_views(copy, "val", other["val"].occupancy)
     assert np.array_equal(fresh[0], views.render_panoramas(other["val"].occupancy[0], other["val"].goal[0]))
+
+
+def test_truncated_view_store_is_refused(view_dataset, tmp_path):
+    path, _ = view_dataset
+    copy = tmp_path / "mazes.npz"
+    copy.write_bytes(path.read_bytes())
+    shutil.copytree(view_store.views_dir(path), view_store.views_dir(copy))
+    blob = view_store.views_dir(copy) / "val.views"
+    blob.write_bytes(blob.read_bytes()[:-100])
+    with pytest.raises(datasets.DatasetError, match="corrupt"):
+        datasets.load_dataset(copy)
+
+
+def test_earlier_format_store_is_refused_with_the_way_out_and_converts(view_dataset, tmp_path):
+    """A store of format 1 (an uncompressed <split>.npy of every cell, and <split>.done.npy) is named as such, and
+    `python -m idp_envs.view_store convert` rewrites it without rendering."""
+    path, splits = view_dataset
+    copy = tmp_path / "mazes.npz"
+    copy.write_bytes(path.read_bytes())
+    folder = view_store.views_dir(copy)
+    folder.mkdir()
+    meta = {"format_version": 1, "view_size": 32, "directions": "N,W,S,E", "splits": {}}
+    for name, batch in splits.items():
+        full = np.asarray(datasets.load_dataset(path)[0][name].extras["views"])
+        np.save(folder / f"{name}.npy", full)
+        np.save(folder / f"{name}.done.npy", np.ones(len(batch), dtype=bool))
+        meta["splits"][name] = {"fingerprint": view_store.layout_fingerprint(batch.occupancy, batch.goal)}
+    (folder / "views.json").write_text(json.dumps(meta))
+    with pytest.raises(datasets.DatasetError, match="earlier, uncompressed format.*convert"):
+        datasets.load_dataset(copy)
+    with pytest.raises(datasets.DatasetError, match="earlier"):
+        view_store.render_dataset_views(copy, splits, workers=0, progress=False)
+    assert view_store.main(["convert", str(copy)]) == 0
+    assert not list(folder.glob("*.done.npy")) and not (folder / "train.npy").exists()
+    loaded, _ = datasets.load_dataset(copy)
+    original, _ = datasets.load_dataset(path)
+    for name in splits:
+        assert np.array_equal(np.asarray(loaded[name].extras["views"]), np.asarray(original[name].extras["views"]))
 
 
 def test_visual_mapper_shapes_loss_and_validation():

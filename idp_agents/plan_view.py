@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from idp_agents.planners import PlannerTrace
 from idp_agents.policy import PlannerPolicy, batched_observation
 from idp_envs import render
 from idp_envs.tasks import PlanningTask
@@ -65,7 +66,7 @@ class PlanView:
         self.title = title or type(self.inner).__name__
         self.seed, self.maps_drawn = seed, 0
         self.message = ""
-        self.trace = None  # (values (K+1, H, W), logits (K+1, 4, H, W), residuals (K,)) while watching a solve
+        self.trace: PlannerTrace | None = None  # the watched solve of the current map, as numpy arrays
         self.trace_index = 0
         self.plan: Plan | None = None
         self.new_map()
@@ -139,7 +140,8 @@ class PlanView:
     # ----- the solve -----
 
     def set_iterations(self, k: int) -> None:
-        """The forward solve's iteration budget: K steps for an unrolled planner, the cap for an implicit one."""
+        """The forward solve's iteration budget (K steps for an unrolled planner, the cap for an implicit one), set
+        on the policy's planner."""
         k = int(np.clip(k, 1, self.MAX_ITERATIONS))
         planner = self.policy.planner
         planner.fixed_point = dataclasses.replace(planner.fixed_point, k_fwd=k)
@@ -181,18 +183,16 @@ class PlanView:
         obs, _ = batched_observation(self.inner.observation())
         with torch.inference_mode():
             out = self.policy.planner.trace(self.policy.planner_maps(obs), self.iterations)
-        self.trace = tuple(x[:, 0].float().cpu().numpy() for x in (out.values, out.logits)) + (
-            out.residuals[:, 0].float().cpu().numpy(),
-        )
+        self.trace = PlannerTrace(*(x[:, 0].float().cpu().numpy() for x in (out.values, out.logits, out.residuals)))
         self.trace_index = 0
         self.message = f"the step applied {self.iterations} times from its initial state (f: back)"
         self._show_overlay()
 
     def advance(self, steps: int = 1) -> bool:
         """Move a watched solve on by ``steps`` iterations; False when there is none or it has ended."""
-        if self.trace is None or self.trace_index >= len(self.trace[2]):
+        if self.trace is None or self.trace_index >= len(self.trace.residuals):
             return False
-        self.trace_index = min(self.trace_index + steps, len(self.trace[2]))
+        self.trace_index = min(self.trace_index + steps, len(self.trace.residuals))
         self._show_overlay()
         return True
 
@@ -230,7 +230,7 @@ class PlanView:
         canvas.paste(Image.fromarray(maps), (0, 0))
         draw = ImageDraw.Draw(canvas)
         small = render.font(12)
-        value = self.trace[0][self.trace_index] if self.trace is not None else self.plan.value
+        value = self.trace.values[self.trace_index] if self.trace is not None else self.plan.value
         lo, hi = render.value_range(value, self.task.occupancy == 0)
         bar = render.value_ramp(np.linspace(1, 0, 160))[:, None].repeat(BAR_WIDTH, axis=1)
         canvas.paste(Image.fromarray(bar), (w + 10, 22))
@@ -249,8 +249,8 @@ class PlanView:
         mode = planner.fixed_point.mode
         if self.trace is not None:
             k = self.trace_index
-            residual = f"{self.trace[2][k - 1]:.1e}" if k else "-"
-            solve = f"watching the solve: iteration {k} of {len(self.trace[2])}, relative residual {residual}"
+            residual = f"{self.trace.residuals[k - 1]:.1e}" if k else "-"
+            solve = f"watching the solve: iteration {k} of {len(self.trace.residuals)}, relative residual {residual}"
         elif mode == "unrolled":
             solve = f"unrolled, K = {plan.iterations} steps; last step's relative change {plan.residual:.1e}"
         else:
@@ -273,7 +273,7 @@ class PlanView:
 
     def _draw_residuals(self, draw, box: tuple[int, int, int, int], font) -> None:
         """log10 of the watched solve's relative residuals against the iteration, up to the current one."""
-        residuals = np.log10(np.maximum(self.trace[2], 1e-12))
+        residuals = np.log10(np.maximum(self.trace.residuals, 1e-12))
         x0, y0, x1, y1 = box
         draw.rectangle(box, outline=FAINT)
         draw.text((x0, y0 - 16), "log10 residual", fill=TEXT, font=font)
@@ -303,8 +303,8 @@ class PlanView:
 
     def _show_overlay(self) -> None:
         if self.trace is not None:
-            values, logits, _ = self.trace
-            self.inner.set_overlay(values[self.trace_index], logits[self.trace_index])
+            k = self.trace_index
+            self.inner.set_overlay(self.trace.values[k], self.trace.logits[k])
         else:
             self.inner.set_overlay(self.plan.value, self.plan.logits, self.plan.wrong)
 

@@ -114,7 +114,7 @@ class Viewer:
             for event in pygame.event.get():
                 self.handle(event)
             if self.view.trace is not None:
-                self.view.advance(max(1, round(len(self.view.trace[2]) / (WATCH_SECONDS * FPS))))
+                self.view.advance(max(1, round(len(self.view.trace.residuals) / (WATCH_SECONDS * FPS))))
             self.show()
             clock.tick(FPS)
             frames += 1

@@ -160,7 +160,7 @@ def test_keys_change_iterations_watch_the_solve_and_draw_maps(viewer):
     first = view.frame()
     assert view.advance(5) and view.trace_index == 5
     assert not np.array_equal(view.frame(), first)  # the values spread from the goal
-    residuals = view.trace[2]
+    residuals = view.trace.residuals
     assert len(residuals) == view.iterations and residuals[-1] < residuals[0]
     press(viewer, pygame.K_f)
     assert view.trace is None

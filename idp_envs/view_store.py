@@ -55,7 +55,7 @@ def encode_map(views: np.ndarray, occupancy: np.ndarray) -> bytes:
     import zstandard
 
     free = np.ascontiguousarray(views[np.asarray(occupancy) == 0])
-    return zstandard.ZstdCompressor(level=LEVEL).compress(free.tobytes())
+    return zstandard.ZstdCompressor(level=LEVEL, write_checksum=True).compress(free.tobytes())  # damage is caught
 
 
 class ViewStore:
@@ -96,10 +96,9 @@ class ViewStore:
         return views if dtype is None else views.astype(dtype)
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_file", "_decompressor")} | {
-            "_file": None,
-            "_decompressor": None,
-        }
+        state = dict(self.__dict__)
+        state["_file"] = state["_decompressor"] = None  # each process opens its own
+        return state
 
     def _read(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
         """Map ``i``'s views, decoded into ``out`` (zeroed first) or a new array."""
@@ -111,17 +110,28 @@ class ViewStore:
         if length < 0:
             raise IndexError(f"map {i} of {self.blob} has not been rendered")
         if self._file is None:
-            self._file = open(self.blob, "rb")  # noqa: SIM115 (kept open for the store's life)
+            self._file = open(self.blob, "rb")  # kept open for the store's life
             self._decompressor = zstandard.ZstdDecompressor()
         data = os.pread(self._file.fileno(), length, offset)
         if len(data) != length:
-            raise ValueError(f"{self.blob} is truncated: map {i} needs bytes {offset}..{offset + length}")
+            from idp_envs.datasets import DatasetError
+
+            raise DatasetError(f"{self.blob} is truncated: map {i} needs bytes {offset}..{offset + length}")
         free = self.occupancy[i] == 0
         s = self.view_size
-        raw = self._decompressor.decompress(data, max_output_size=int(free.sum()) * DIRECTIONS * s * s * 3)
+        expected = int(free.sum()) * DIRECTIONS * s * s * 3
+        try:
+            raw = self._decompressor.decompress(data, max_output_size=expected)
+        except zstandard.ZstdError as exc:
+            raw = exc
+        if isinstance(raw, Exception) or len(raw) != expected:
+            from idp_envs.datasets import DatasetError
+
+            found = f"({raw})" if isinstance(raw, Exception) else f"{len(raw)} bytes for {expected}"
+            raise DatasetError(
+                f"{self.blob}: map {i} is corrupt {found}; delete {self.blob.parent} and rerun to render the views"
+            )
         cells = np.frombuffer(raw, dtype=np.uint8).reshape(-1, DIRECTIONS, s, s, 3)
-        if len(cells) != free.sum():
-            raise ValueError(f"{self.blob}: map {i} holds {len(cells)} cells' views for {int(free.sum())} free cells")
         out = np.empty(self.shape[1:], dtype=np.uint8) if out is None else out
         out[...] = 0
         out[free] = cells

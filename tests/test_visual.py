@@ -224,6 +224,14 @@ def test_truncated_view_store_is_refused(view_dataset, tmp_path):
     blob.write_bytes(blob.read_bytes()[:-100])
     with pytest.raises(datasets.DatasetError, match="corrupt"):
         datasets.load_dataset(copy)
+    train = view_store.views_dir(copy) / "train.views"
+    data = bytearray(train.read_bytes())
+    data[100:110] = bytes(10)  # damaged inside the first map
+    train.write_bytes(bytes(data))
+    loaded, _ = datasets.load_dataset(copy, with_views=False)
+    store = view_store.load_views(copy, "train", loaded["train"].occupancy)
+    with pytest.raises(datasets.DatasetError, match="map 0 is corrupt"):
+        store[0]
 
 
 def test_earlier_format_store_is_refused_with_the_way_out_and_converts(view_dataset, tmp_path):

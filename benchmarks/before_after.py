@@ -1,6 +1,7 @@
 """Closed-loop test success, forward residuals and training-step time of trained checkpoints under the code tree on
-``PYTHONPATH``, with that tree's default straggler continuation for each checkpoint's planner (when it has one): run
-it under two trees (a ``git worktree`` of the older commit, and this one) to compare a change on the same weights::
+``PYTHONPATH``, with that tree's default straggler continuation (budget and solver) for each checkpoint's planner
+(when it has one): run it under two trees (a ``git worktree`` of the older commit, and this one) to compare a change
+on the same weights::
 
     PYTHONPATH=/tmp/old python benchmarks/before_after.py runs/bench_learning-cpu/maze15/vin/kdefault/seed0/best.pt
     PYTHONPATH=. python benchmarks/before_after.py runs/bench_learning-cpu/maze15/vin/kdefault/seed0/best.pt
@@ -32,6 +33,8 @@ def main() -> None:
         if hasattr(planner.fixed_point, "k_fwd_stragglers"):  # this tree's default for the planner
             default = PLANNERS[name].defaults.get("k_fwd_stragglers", FixedPointConfig().k_fwd_stragglers)
             planner.fixed_point.k_fwd_stragglers = default
+        if hasattr(planner.fixed_point, "solver_stragglers"):
+            planner.fixed_point.solver_stragglers = FixedPointConfig().solver_stragglers
         config = RunConfig(env=run["env"], train=run["train"], val=run["val"], test=run["test"], seed=run["seed"])
         splits, _ = load_or_generate_dataset(config)
         test = split_data(splits["test"], None, torch.device("cpu"))

@@ -87,6 +87,7 @@ class RunConfig:
     k_fwd_stragglers: int | None = None
     k_bwd: int | None = None
     solver_fwd: str = FixedPointConfig.solver_fwd
+    solver_stragglers: str = FixedPointConfig.solver_stragglers
     solver_bwd: str = FixedPointConfig.solver_bwd
     tol_fwd: float | None = FixedPointConfig.tol_fwd
     tol_bwd: float | None = FixedPointConfig.tol_bwd
@@ -145,6 +146,7 @@ class RunConfig:
         step.update({k: None for k in UNBOUNDED_WHEN_ZERO if step.get(k) == 0})
         fixed_point = {
             "solver_fwd": self.solver_fwd,
+            "solver_stragglers": self.solver_stragglers,
             "solver_bwd": self.solver_bwd,
             "tol_fwd": self.tol_fwd,
             "tol_bwd": self.tol_bwd,
@@ -202,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the implicit backward solver's iteration cap ({default_note('k_bwd', FixedPointConfig.k_bwd)})",
     )
     add("--solver-fwd", default=defaults.solver_fwd, help="forward | anderson | broyden")
+    add(
+        "--solver-stragglers",
+        default=defaults.solver_stragglers,
+        help="the solver that continues the samples still above --tol-fwd at the cap: forward (the plain iteration, "
+        "which converges wherever the fixed point attracts) | anderson | broyden",
+    )
     add("--solver-bwd", default=defaults.solver_bwd, help="forward | anderson | broyden")
     add(
         "--tol-fwd",
@@ -515,7 +523,7 @@ def tensorboard_writer(out: Path):
 
 
 # what a run had for a flag that its checkpoint predates, where that is not today's default
-BEFORE_THE_FLAG = {"lr_schedule": "constant"}
+BEFORE_THE_FLAG = {"lr_schedule": "constant", "solver_stragglers": "anderson"}
 # the run's flags a resumed run must share with its checkpoint; the planner's settings (PLANNER_DEFAULTED, STEP_FLAGS
 # and every other fixed-point setting) are compared as the planners they build, since a default may change between
 # versions
@@ -524,6 +532,7 @@ COMPARED_ON_RESUME = (
     "size",
     "planner",
     "solver_fwd",
+    "solver_stragglers",
     "solver_bwd",
     "gradient",
     "batch_size",

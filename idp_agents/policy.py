@@ -54,6 +54,7 @@ def legacy_planner_kwargs(config: dict, model_state: dict | None = None) -> dict
         kwargs.setdefault("spectral_reg_unconverged", None)
         kwargs.setdefault("drop_unconverged", False)
         kwargs.setdefault("k_fwd_stragglers", 0)  # no continuation before it existed
+        kwargs.setdefault("solver_stragglers", "anderson")  # the forward solver continued them before it had a choice
     if "cell" in accepted:
         kwargs.setdefault("cell", "gru")  # ConvGPPN had only the GRU cell before it had a choice
     if "discount" in kwargs or "contraction" in kwargs:

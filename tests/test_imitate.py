@@ -390,3 +390,21 @@ def test_a_checkpoint_from_before_a_flag_existed_resumes_with_what_it_trained_wi
         run(tmp_path, "--train", "32", "--epochs", "2", "--resume")
     report = run(tmp_path, "--train", "32", "--epochs", "2", "--lr-schedule", "constant", "--resume")
     assert report["test"]["starts"] > 0
+
+
+def test_a_checkpoint_from_before_the_stragglers_solver_choice_keeps_anderson(tmp_path):
+    """Its stragglers were continued by the forward solver (Anderson): loading rebuilds that, and resuming under
+    today's plain-iteration default is refused, naming the setting, unless asked for."""
+    from idp_agents.policy import legacy_planner_kwargs
+
+    run(tmp_path, "--train", "32", "--epochs", "1")
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["config"]["planner_kwargs"]["solver_stragglers"] == "forward"
+    del state["config"]["run"]["solver_stragglers"]
+    del state["config"]["planner_kwargs"]["solver_stragglers"]
+    save_checkpoint(tmp_path / "run" / "last.pt", state)
+    assert legacy_planner_kwargs(state["config"])["solver_stragglers"] == "anderson"
+    with pytest.raises(SystemExit, match="solver_stragglers: 'anderson' there, 'forward' now"):
+        run(tmp_path, "--train", "32", "--epochs", "2", "--resume")
+    report = run(tmp_path, "--train", "32", "--epochs", "2", "--solver-stragglers", "anderson", "--resume")
+    assert report["test"]["starts"] > 0

@@ -444,6 +444,25 @@ def test_a_straggler_that_diverges_keeps_its_first_iterate_and_stays_unconverged
     assert info.forward.converged.tolist() == [True, False] and not info.forward.diverged.any()
 
 
+def test_stragglers_are_continued_by_their_own_solver(monkeypatch):
+    """Anderson runs the batch; the plain iteration (``solver_stragglers``) the samples it left above tolerance."""
+    import idp_agents.implicit as implicit
+
+    used, real = [], implicit.get_solver
+    monkeypatch.setattr(implicit, "get_solver", lambda name: used.append(name) or real(name))
+    a = torch.tensor([[0.1], [0.99]], dtype=DOUBLE)
+    x = torch.ones(2, 3, dtype=DOUBLE)
+    config = FixedPointConfig(k_fwd=5, tol_fwd=1e-8, k_fwd_stragglers=4000)
+    with torch.no_grad():
+        z, info = solve_fixed_point(
+            lambda z: a * z + x, torch.zeros(2, 3, dtype=DOUBLE), config, restrict=linear_restriction(a, x, [])
+        )
+    assert used == ["anderson", "forward"] and info.forward.converged.all()
+    assert torch.allclose(z, x / (1 - a), rtol=1e-6)
+    with pytest.raises(ValueError, match="solver_stragglers='newton' is not one of"):
+        FixedPointConfig(solver_stragglers="newton")
+
+
 def test_stragglers_need_the_restricted_step_and_a_tolerance():
     a = torch.tensor([[0.1], [0.99]], dtype=DOUBLE)
     x = torch.ones(2, 3, dtype=DOUBLE)

@@ -226,7 +226,9 @@ def test_truncated_view_store_is_refused(view_dataset, tmp_path):
         datasets.load_dataset(copy)
     train = view_store.views_dir(copy) / "train.views"
     data = bytearray(train.read_bytes())
-    data[100:110] = bytes(10)  # damaged inside the first map
+    offset, length = np.load(view_store.views_dir(copy) / "train.index.npy")[0]  # workers append in any order
+    middle = slice(offset + length // 2, offset + length // 2 + 10)
+    data[middle] = bytes(b ^ 0xFF for b in data[middle])  # map 0 damaged: every bit of ten bytes flipped
     train.write_bytes(bytes(data))
     loaded, _ = datasets.load_dataset(copy, with_views=False)
     store = view_store.load_views(copy, "train", loaded["train"].occupancy)

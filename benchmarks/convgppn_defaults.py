@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from benchmarks.trained import load_with_training_split, rebuilt
+from benchmarks.trained import load_with_split, rebuilt
 from idp_agents.implicit import NonConvergenceWarning
 from idp_agents.training import planner_loss
 
@@ -42,7 +42,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=8)
     args = p.parse_args()
     torch.set_num_threads(1)
-    trained, train = load_with_training_split(args.checkpoint)
+    trained, train = load_with_split(args.checkpoint)
     print("| setting | step ms (median) | forward solves above tolerance |\n|---|---|---|")
     for label, changes in SETTINGS.items():
         planner = rebuilt(trained, **changes)  # today's fixed-point defaults with these changes

@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from benchmarks.trained import load_with_training_split, rebuilt
+from benchmarks.trained import load_with_split, rebuilt
 from idp_agents.implicit import NonConvergenceWarning
 from idp_agents.policy import legacy_planner_kwargs
 from idp_agents.training import count_host_syncs_and_ops, planner_loss
@@ -53,7 +53,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for path in args.checkpoints:
-        trained, train = load_with_training_split(path)
+        trained, train = load_with_split(path)
         run = trained.config["run"]
         kwargs = legacy_planner_kwargs(trained.config, trained.planner.state_dict())
         for label, changes in (("on", {}), ("off", {"tol_fwd": None, "tol_bwd": None})):

@@ -10,13 +10,13 @@ from idp_agents.planners import Planner, make_planner, step_hyperparameters
 from idp_agents.policy import PlannerPolicy, legacy_planner_kwargs
 
 
-def load_with_training_split(path: str) -> tuple[PlannerPolicy, dict]:
-    """The checkpoint's policy and the training split of the dataset it was trained on (on the CPU)."""
+def load_with_split(path: str, split: str = "train") -> tuple[PlannerPolicy, dict]:
+    """The checkpoint's policy and a split ("train", "val", "test") of the dataset it was trained on (on the CPU)."""
     trained = PlannerPolicy.load(path)
     run = trained.config["run"]
     config = RunConfig(env=run["env"], train=run["train"], val=run["val"], test=run["test"], seed=run["seed"])
     splits, _ = load_or_generate_dataset(config)
-    return trained, split_data(splits["train"], None, torch.device("cpu"))
+    return trained, split_data(splits[split], None, torch.device("cpu"))
 
 
 def rebuilt(trained: PlannerPolicy, **kwargs) -> Planner:

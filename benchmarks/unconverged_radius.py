@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from benchmarks.trained import load_with_training_split, rebuilt
+from benchmarks.trained import load_with_split, rebuilt
 from idp_agents.implicit import NonConvergenceWarning
 
 
@@ -29,7 +29,7 @@ def main() -> None:
         p.error("--batches and --solve-iterations must be at least 1")
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", NonConvergenceWarning)
-    trained, train = load_with_training_split(args.checkpoint)
+    trained, train = load_with_split(args.checkpoint)
     planner = rebuilt(trained)
     tol = planner.fixed_point.tol_fwd
     if planner.fixed_point.mode != "implicit" or tol is None:

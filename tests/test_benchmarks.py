@@ -73,3 +73,25 @@ def test_bench_view_times_clicks_that_change_the_map():
 
     row = time_clicks(value_iteration_policy(15), 15, clicks=3, seed=0)
     assert row["ms_median"] > 0 and row["ms_p90"] >= row["ms_median"] and row["iterations_median"] >= 1
+
+
+def test_twin_gap_finds_the_implicit_gradient_equal_to_a_long_unroll_and_leaves_the_planner_as_it_was():
+    import torch
+
+    from benchmarks.bench_planners import random_maps
+    from benchmarks.twin_gap import gradient_agreement
+    from idp_agents.planners import make_planner
+
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    planner = make_planner("id-vin", l_h=8, l_q=8)
+    with torch.no_grad():
+        planner.step.q_value.normal_(0.0, 0.3, generator=generator)  # a value filter that matters (0 at init)
+    maps, labels = random_maps(4, 9, generator)
+    optimal = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).bool()
+    before = planner.fixed_point
+    agreement = gradient_agreement(planner, [(maps, optimal)], k=3, long_k=300)
+    cosine, norm_ratio = agreement["implicit"]
+    assert cosine > 0.999 and abs(norm_ratio - 1) < 0.01
+    assert set(agreement) == {"implicit", "3 steps"}
+    assert planner.fixed_point is before and all(p.grad is None for p in planner.parameters())

@@ -1,8 +1,9 @@
 """Which solver should continue the stragglers: on a checkpoint's training maps, how many forward solves end above
 tolerance when the samples left above it at the cap are continued by Anderson, and by the plain iteration.
 
-Every training map of the checkpoint's dataset, in batches of 32, solved without gradients as in training with the
-checkpoint's fixed-point settings but ``solver_stragglers``; thread time of each pass, one thread::
+Every training map of the checkpoint's dataset, in batches of 32, solved without gradients as in training, with
+today's fixed-point defaults for the checkpoint's planner but ``solver_stragglers``; thread time of each pass, one
+thread::
 
     python -m benchmarks.straggler_solvers runs/stragglers-anderson/maze15/id-convgppn/seed2/last.pt
 """
@@ -30,6 +31,8 @@ def main() -> None:
     for path in args.checkpoints:
         trained, train = load_with_split(path)
         planner, maps = rebuilt(trained), train["maps"]
+        if planner.fixed_point.mode != "implicit":
+            p.error(f"{path} holds an unrolled planner ({trained.config['planner']}): it has no fixed-point solve")
         for solver in args.solvers:
             planner.fixed_point.solver_stragglers = solver
             start = time.thread_time()

@@ -1,10 +1,13 @@
 """First-person panoramas of grid mazes rendered in 3D with MiniWorld, and an on-disk store of them for datasets.
 
-Every free cell becomes one square MiniWorld room (no gap between rooms, full-width openings between adjacent free
+Every free cell is one square MiniWorld room (no gap between rooms, full-width openings between adjacent free
 cells, textured walls where a free cell meets an obstacle or the map's edge); a green box marks the goal. From each
 free cell's centre four 32x32 views are taken facing N, W, S and E (the action order), each with a 90 degree
 field of view so that together they cover the full circle; obstacle cells get black views.
 
+The scene is MiniWorld's (its room quads, texture mapping, textures, wall height, lighting and box), but its quads
+are built in numpy for the whole maze at once (`maze_geometry`) instead of by MiniWorld's per-room Python, and drawn
+as three array draws: the same pictures (within one intensity level but for a few edge pixels) at twice the speed.
 MiniWorld and pyglet are imported on first use only, with pyglet's headless (EGL) option set first, so importing
 `idp_envs` never needs a display. A dataset's views (10k 15x15 mazes: ~9M views, 28 GB uncompressed) live in a
 compressed store beside it, rendered by worker processes and read lazily: `idp_envs.view_store`.
@@ -12,12 +15,8 @@ compressed store beside it, rendered by worker processes and read lazily: `idp_e
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import io
-import math
 import os
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -28,7 +27,7 @@ FIELD_OF_VIEW = 90.0
 CELL_METRES = 2.0
 CAMERA_HEIGHT = 1.5
 WALL_TEXTURE, FLOOR_TEXTURE, CEILING_TEXTURE = "brick_wall", "floor_tiles_bw", "ceiling_tile_noborder"
-GOAL_COLOR = "green"
+GOAL_COLOR, GOAL_SIZE = "green", 0.8  # a MiniWorld box, in metres
 TILES = 16  # views rendered side by side into one frame buffer, TILES x TILES per read-back
 
 
@@ -37,27 +36,38 @@ def direction_angles() -> np.ndarray:
     return np.pi / 2 * (1 + np.arange(DIRECTIONS))
 
 
-def _import_miniworld() -> SimpleNamespace:
-    """MiniWorld's pieces, imported headless (EGL) so that no display or window is needed."""
+def _import_gl() -> SimpleNamespace:
+    """pyglet's GL and MiniWorld's scene assets and constants, imported headless (EGL): no display or window."""
     import pyglet
 
     pyglet.options["headless"] = True
     pyglet.options["debug_gl"] = False  # no glGetError after every call: a third of the rendering time
-    from miniworld import opengl
-    from miniworld.entity import Box
-    from miniworld.miniworld import MiniWorldEnv
+    from miniworld.entity import COLORS
+    from miniworld.miniworld import DEFAULT_WALL_HEIGHT, TEX_DENSITY
+    from miniworld.opengl import drawBox
     from miniworld.params import DEFAULT_PARAMS
+    from miniworld.utils import get_file_path
     from pyglet import gl
 
-    return SimpleNamespace(gl=gl, opengl=opengl, Box=Box, MiniWorldEnv=MiniWorldEnv, DEFAULT_PARAMS=DEFAULT_PARAMS)
+    params = DEFAULT_PARAMS.no_random()
+    return SimpleNamespace(
+        pyglet=pyglet,
+        gl=gl,
+        draw_box=drawBox,
+        texture_path=lambda name: get_file_path("textures", f"{name}_1", "png"),
+        wall_height=DEFAULT_WALL_HEIGHT,
+        texels_per_metre=TEX_DENSITY,
+        goal_rgb=np.clip(COLORS[GOAL_COLOR] + params.sample(None, "obj_color_bias"), 0, 1),
+        light_color=params.sample(None, "light_color"),
+        light_ambient=params.sample(None, "light_ambient"),
+    )
 
 
-def _upload_texture(mw: SimpleNamespace, path: str):
-    """A GL texture from a PNG, like MiniWorld's `Texture.load` but decoded with Pillow: pyglet's pure-Python
-    pixel-format conversion takes seconds per texture."""
+def _upload_texture(gl, path: str) -> tuple[int, int, int]:
+    """(GL id, width, height) of a mipmapped, trilinear-filtered texture from a PNG, as MiniWorld loads its own but
+    decoded with Pillow: pyglet's pure-Python pixel-format conversion takes seconds per texture."""
     from PIL import Image
 
-    gl = mw.gl
     rgba = np.ascontiguousarray(np.asarray(Image.open(path).convert("RGBA"))[::-1])  # GL rows run bottom-up
     h, w = rgba.shape[:2]
     tex_id = gl.GLuint(0)
@@ -78,125 +88,136 @@ def _upload_texture(mw: SimpleNamespace, path: str):
     gl.glTexParameteri(gl.GL_TEXTURE_2D, gl.GL_TEXTURE_MAG_FILTER, gl.GL_LINEAR)
     gl.glTexParameteri(gl.GL_TEXTURE_2D, gl.GL_TEXTURE_MIN_FILTER, gl.GL_LINEAR_MIPMAP_LINEAR)
     gl.glBindTexture(gl.GL_TEXTURE_2D, 0)
-    return SimpleNamespace(target=gl.GL_TEXTURE_2D, id=tex_id.value, width=w, height=h)
+    return tex_id.value, w, h
 
 
-def _preload_textures(mw: SimpleNamespace) -> None:
-    from miniworld.utils import get_file_path
-
-    for name in (WALL_TEXTURE, FLOOR_TEXTURE, CEILING_TEXTURE):
-        path = get_file_path("textures", f"{name}_1", "png")
-        if path not in mw.opengl.Texture.tex_cache:
-            mw.opengl.Texture.tex_cache[path] = mw.opengl.Texture(_upload_texture(mw, path), name)
-        mw.opengl.Texture.tex_paths[name] = [path]  # spares `Texture.get` a file search per room
+# A free cell's four edges in MiniWorld's room order (east, north, west, south), each as the neighbouring cell's
+# (row, col) offset and the edge's two outline corners, counter-clockwise seen from above; (1, 1) is the cell's
+# (max x, max z) corner, x running with columns and z with rows.
+EDGE_NEIGHBOURS = np.array([[0, 1], [-1, 0], [0, -1], [1, 0]])
+OUTLINE = np.array([[1, 1], [1, 0], [0, 0], [0, 1]])  # (x, z) corners in cells: east edge from OUTLINE[0] to [1]
 
 
-def _maze_world_class(mw: SimpleNamespace):
-    class GoalBox(mw.Box):
-        """The goal marker; static, so that it is compiled into the scene's display list with the rooms."""
+def maze_geometry(occupancy: np.ndarray, wall_height: float) -> dict[str, tuple[np.ndarray, ...]]:
+    """The quads MiniWorld builds for a maze of square rooms, one per free cell with full-width openings between
+    free neighbours: ``{"wall" | "floor" | "ceil": (vertices (4n, 3), normals (4n, 3), texture coordinates (4n, 2))}``
+    in metres, float32, walls first. Walls stand where a free cell meets an obstacle or the map's edge, facing into
+    the cell; textures are mapped as MiniWorld maps them: floors and ceilings by (x, z), each wall quad from (0, 0)
+    to (its width, its height)."""
+    occ = np.asarray(occupancy)
+    free = np.argwhere(occ == 0)
+    outline = (free[:, None, ::-1] + OUTLINE) * CELL_METRES  # (n, 4, [x, z])
 
-        @property
-        def is_static(self) -> bool:
-            return True
+    def lift(xz: np.ndarray, y: float | np.ndarray) -> np.ndarray:
+        y = np.broadcast_to(y, xz.shape[:-1])
+        return np.stack([xz[..., 0], y, xz[..., 1]], axis=-1).reshape(-1, 3).astype(np.float32)
 
-    class MazeWorld(mw.MiniWorldEnv):
-        """A MiniWorld scene of one occupancy grid: a room per free cell, a box on the goal."""
+    def level(vertices: np.ndarray, normal: tuple[float, float, float]) -> tuple[np.ndarray, ...]:
+        normals = np.tile(np.asarray(normal, dtype=np.float32), (len(vertices), 1))
+        return vertices, normals, np.ascontiguousarray(vertices[:, [0, 2]])
 
-        def __init__(self, view_size: int):
-            self.layout = np.zeros((2, 2), dtype=np.uint8)
-            self.goal: tuple[int, int] | None = None
-            super().__init__(
-                obs_width=view_size,
-                obs_height=view_size,
-                window_width=view_size,
-                window_height=view_size,
-                params=mw.DEFAULT_PARAMS.no_random(),
-            )
+    neighbour = free[:, None] + EDGE_NEIGHBOURS  # (n, 4, 2)
+    inside = ((neighbour >= 0) & (neighbour < occ.shape)).all(axis=-1)
+    walled = ~inside
+    walled[inside] = occ[neighbour[inside][:, 0], neighbour[inside][:, 1]] != 0
+    cell, edge = np.nonzero(walled)
+    p0, p1 = outline[cell, edge], outline[cell, (edge + 1) % 4]  # (m, [x, z])
+    wall = lift(np.stack([p0, p0, p1, p1], axis=1), np.array([0.0, wall_height, wall_height, 0.0]))
+    d = (p1 - p0) / CELL_METRES
+    inward = np.stack([d[:, 1], np.zeros(len(d)), -d[:, 0]], axis=-1).astype(np.float32)  # -(edge x up)
+    wall_uv = np.array([[0.0, 0.0], [0.0, wall_height], [CELL_METRES, wall_height], [CELL_METRES, 0.0]])
+    return {
+        "wall": (wall, np.repeat(inward, 4, axis=0), np.tile(wall_uv, (len(cell), 1)).astype(np.float32)),
+        "floor": level(lift(outline, 0.0), (0, 1, 0)),
+        "ceil": level(lift(outline[:, ::-1], wall_height), (0, -1, 0)),  # reversed: the ceiling faces down
+    }
 
-        def reset(self, *, seed=None, options=None):
-            _preload_textures(mw)  # MiniWorldEnv.__init__ resets once its GL context exists: load ours first
-            return super().reset(seed=seed, options=options)
 
-        def _gen_world(self):
-            s = CELL_METRES
-            free = np.argwhere(self.layout == 0)
-            rooms = {}
-            for r, c in free.tolist():
-                rooms[r, c] = self.add_rect_room(
-                    c * s,
-                    (c + 1) * s,
-                    r * s,
-                    (r + 1) * s,
-                    wall_tex=WALL_TEXTURE,
-                    floor_tex=FLOOR_TEXTURE,
-                    ceil_tex=CEILING_TEXTURE,
-                )
-            # add_rect_room's edges are 0 = east (x = max), 1 = north (z = min), 2 = west, 3 = south
-            for (r, c), room in rooms.items():
-                if (r, c + 1) in rooms:
-                    room.add_portal(0, start_pos=0, end_pos=s)
-                    rooms[r, c + 1].add_portal(2, start_pos=0, end_pos=s)
-                if (r + 1, c) in rooms:
-                    room.add_portal(3, start_pos=0, end_pos=s)
-                    rooms[r + 1, c].add_portal(1, start_pos=0, end_pos=s)
-            h, w = self.layout.shape
-            self.params.set("light_pos", [w * s / 2, 2.5, h * s / 2])  # over the centre: rotations keep the lighting
-            r0, c0 = free[0]
-            self.place_agent(pos=np.array([(c0 + 0.5) * s, 0.0, (r0 + 0.5) * s]), dir=0.0)
-            if self.goal is not None:
-                gr, gc = self.goal
-                self.place_entity(
-                    GoalBox(GOAL_COLOR, size=0.8), pos=np.array([(gc + 0.5) * s, 0.0, (gr + 0.5) * s]), dir=0.0
-                )
+def look_matrices(eyes: np.ndarray, yaws: np.ndarray) -> np.ndarray:
+    """(n, 16) float32 column-major model-view matrices of level cameras at ``eyes`` (n, 3) facing ``yaws``: what
+    ``gluLookAt(eye, eye + (cos yaw, 0, -sin yaw), up = y)`` loads, computed for all views at once."""
+    forward = np.stack([np.cos(yaws), np.zeros_like(yaws), -np.sin(yaws)], axis=-1)
+    side = np.stack([np.sin(yaws), np.zeros_like(yaws), np.cos(yaws)], axis=-1)  # forward x up
+    up = np.broadcast_to([0.0, 1.0, 0.0], forward.shape)
+    rotation = np.stack([side, up, -forward], axis=1)  # rows
+    m = np.zeros((len(eyes), 4, 4))
+    m[:, :3, :3] = rotation
+    m[:, :3, 3] = -np.einsum("nij,nj->ni", rotation, eyes)
+    m[:, 3, 3] = 1.0
+    return np.ascontiguousarray(m.transpose(0, 2, 1), dtype=np.float32).reshape(len(eyes), 16)
 
-        def _render_static(self):
-            """MiniWorld's scene display list, with the rooms' floors, ceilings and walls drawn as three batches:
-            a maze has hundreds of rooms and software GL pays per draw, so this renders several times faster."""
-            gl = mw.gl
-            gl.glDeleteLists(1, 1)
-            gl.glNewList(1, gl.GL_COMPILE)
-            gl.glLightfv(gl.GL_LIGHT0, gl.GL_POSITION, (gl.GLfloat * 4)(*self.light_pos, 1))
-            gl.glLightfv(gl.GL_LIGHT0, gl.GL_AMBIENT, (gl.GLfloat * 4)(*self.light_ambient))
-            gl.glLightfv(gl.GL_LIGHT0, gl.GL_DIFFUSE, (gl.GLfloat * 4)(*self.light_color))
-            gl.glEnable(gl.GL_LIGHTING)
-            gl.glEnable(gl.GL_LIGHT0)
-            gl.glShadeModel(gl.GL_SMOOTH)
-            gl.glEnable(gl.GL_COLOR_MATERIAL)
-            gl.glColorMaterial(gl.GL_FRONT_AND_BACK, gl.GL_AMBIENT_AND_DIFFUSE)
-            gl.glEnable(gl.GL_TEXTURE_2D)
-            gl.glColor3f(1, 1, 1)
-            for part in ("floor", "ceil", "wall"):
-                getattr(self.rooms[0], f"{part}_tex").bind()
-                gl.glBegin(gl.GL_QUADS)
-                for room in self.rooms:
-                    verts, texcs = getattr(room, f"{part}_verts"), getattr(room, f"{part}_texcs")
-                    normals = (
-                        room.wall_norms if part == "wall" else np.tile([0, 1 if part == "floor" else -1, 0], (4, 1))
-                    )
-                    for v, t, n in zip(verts, texcs, normals, strict=True):
-                        gl.glNormal3f(*n)
-                        gl.glTexCoord2f(*t)
-                        gl.glVertex3f(*v)
-                gl.glEnd()
-            for entity in self.entities:
-                if entity.is_static:
-                    entity.render()
-            gl.glEndList()
 
-    return MazeWorld
+class _TiledFrameBuffer:
+    """An RGBA8 frame buffer with 4x multisampling (MiniWorld renders into RGBA32F: 8 bits hold what is read back),
+    resolved into a single-sample one and read back as RGB, GL's bottom-up rows flipped."""
+
+    SAMPLES = 4
+
+    def __init__(self, gl, side: int):
+        self.gl, self.side = gl, side
+        self.rgb = np.zeros((side, side, 3), dtype=np.uint8)
+        self.multi = self._framebuffer(self.SAMPLES)
+        self.single = self._framebuffer(1)
+
+    def _framebuffer(self, samples: int) -> int:
+        gl, side = self.gl, self.side
+        fbo = gl.GLuint(0)
+        gl.glGenFramebuffers(1, ctypes.byref(fbo))
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, fbo)
+        for attachment, fmt in (
+            (gl.GL_COLOR_ATTACHMENT0, gl.GL_RGBA8),
+            (gl.GL_DEPTH_ATTACHMENT, gl.GL_DEPTH_COMPONENT16),
+        ):
+            buffer = gl.GLuint(0)
+            gl.glGenRenderbuffers(1, ctypes.byref(buffer))
+            gl.glBindRenderbuffer(gl.GL_RENDERBUFFER, buffer)
+            gl.glRenderbufferStorageMultisample(gl.GL_RENDERBUFFER, samples if samples > 1 else 0, fmt, side, side)
+            gl.glFramebufferRenderbuffer(gl.GL_FRAMEBUFFER, attachment, gl.GL_RENDERBUFFER, buffer)
+        status = gl.glCheckFramebufferStatus(gl.GL_FRAMEBUFFER)
+        if status != gl.GL_FRAMEBUFFER_COMPLETE:
+            raise RuntimeError(f"OpenGL frame buffer of {side}x{side} with {samples} samples incomplete: {status:#x}")
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+        return fbo.value
+
+    def bind(self) -> None:
+        self.gl.glEnable(self.gl.GL_MULTISAMPLE)
+        self.gl.glBindFramebuffer(self.gl.GL_FRAMEBUFFER, self.multi)
+
+    def read(self) -> np.ndarray:
+        """(side, side, 3) uint8 in GL's row order, bottom row first; the buffer is reused by the next read."""
+        gl, side = self.gl, self.side
+        gl.glBindFramebuffer(gl.GL_READ_FRAMEBUFFER, self.multi)
+        gl.glBindFramebuffer(gl.GL_DRAW_FRAMEBUFFER, self.single)
+        gl.glBlitFramebuffer(0, 0, side, side, 0, 0, side, side, gl.GL_COLOR_BUFFER_BIT, gl.GL_LINEAR)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, self.single)
+        gl.glPixelStorei(gl.GL_PACK_ALIGNMENT, 1)
+        pixels = self.rgb.ctypes.data_as(ctypes.POINTER(gl.GLubyte))
+        gl.glReadPixels(0, 0, side, side, gl.GL_RGB, gl.GL_UNSIGNED_BYTE, pixels)
+        gl.glBindFramebuffer(gl.GL_FRAMEBUFFER, 0)
+        return self.rgb
 
 
 class PanoramaRenderer:
-    """Renders the four views of every free cell of a maze; one OpenGL context, reused for every map."""
+    """Renders the four views of every free cell of a maze; one OpenGL context, reused for every map.
+
+    Per map the scene is built in numpy (`maze_geometry`) and compiled into display lists; per view only the
+    viewport, a precomputed camera matrix and the list change, TILES x TILES views to a frame-buffer read-back."""
+
+    SCENE = 1  # the first of the display lists holding the current map's scene, one per view direction
 
     def __init__(self, view_size: int = VIEW_SIZE, tiles: int = TILES):
         if view_size < 8:
             raise ValueError(f"view_size must be at least 8 pixels, got {view_size}")
         self.view_size, self.tiles = int(view_size), int(tiles)
-        self._mw = _import_miniworld()
-        with contextlib.redirect_stdout(io.StringIO()):  # MiniWorld prints its multisampling fallbacks
-            self._world = _maze_world_class(self._mw)(self.view_size)
-            self._tiled = self._mw.opengl.FrameBuffer(self.tiles * self.view_size, self.tiles * self.view_size, 4)
+        self._gl = _import_gl()
+        gl = self._gl.gl
+        self._context = self._gl.pyglet.window.Window(width=1, height=1, visible=False)  # headless: an EGL context
+        gl.glEnable(gl.GL_DEPTH_TEST)
+        gl.glEnable(gl.GL_CULL_FACE)
+        self._textures = {}
+        for part, name in (("floor", FLOOR_TEXTURE), ("ceil", CEILING_TEXTURE), ("wall", WALL_TEXTURE)):
+            self._textures[part] = _upload_texture(gl, self._gl.texture_path(name))
+        self._frame = _TiledFrameBuffer(gl, self.tiles * self.view_size)
 
     def render(self, occupancy: np.ndarray, goal: tuple[int, int] | None = None) -> np.ndarray:
         """(H, W, 4, S, S, 3) uint8 views of one maze, indexed [row, col, direction N/W/S/E]."""
@@ -212,24 +233,83 @@ class PanoramaRenderer:
             goal = (int(goal[0]), int(goal[1]))
             if not (0 <= goal[0] < occ.shape[0] and 0 <= goal[1] < occ.shape[1]) or occ[goal]:
                 raise ValueError(f"goal {goal} must be a free cell of the {occ.shape[0]}x{occ.shape[1]} map")
-        world = self._world
-        world.layout, world.goal = occ.astype(np.uint8), goal
-        world.reset()
-        jobs = np.repeat(free, DIRECTIONS, axis=0)
+        self._context.switch_to()
+        self._compile_scene(occ, goal)
+        cells = np.repeat(free, DIRECTIONS, axis=0)
         yaws = np.tile(direction_angles(), len(free))
+        eyes = np.stack([cells[:, 1] + 0.5, np.zeros(len(cells)), cells[:, 0] + 0.5], axis=-1) * CELL_METRES
+        eyes[:, 1] = CAMERA_HEIGHT
         far = 2 * CELL_METRES * max(occ.shape)  # beyond the longest line of sight in the maze
-        rendered = np.concatenate(list(self._render_tiles(jobs, yaws, far)))
-        views[jobs[:, 0], jobs[:, 1], np.tile(np.arange(DIRECTIONS), len(free))] = rendered
+        directions = np.tile(np.arange(DIRECTIONS), len(free))
+        rendered = self._render_views(look_matrices(eyes, yaws), directions, far)
+        views[cells[:, 0], cells[:, 1], directions] = rendered
         return views
 
-    def _render_tiles(self, cells: np.ndarray, yaws: np.ndarray, far: float) -> Iterator[np.ndarray]:
-        """Views from the centres of ``cells`` facing ``yaws``, TILES x TILES per frame-buffer read-back."""
-        gl, world, fb, t, s = self._mw.gl, self._world, self._tiled, self.tiles, self.view_size
-        movers = [e for e in world.entities if not e.is_static and e is not world.agent]
-        eye_xz = (cells[:, ::-1] + 0.5) * CELL_METRES
-        for start in range(0, len(cells), t * t):
-            stop = min(start + t * t, len(cells))
-            world.shadow_window.switch_to()
+    def _compile_scene(self, occ: np.ndarray, goal: tuple[int, int] | None) -> None:
+        """Display lists `SCENE` + d, one per view direction d: the maze's lights, textured walls, floors and
+        ceilings (three array draws) and goal box, as MiniWorld's scene of one room per free cell draws them.
+
+        Walls go first and, in direction d's list, nearest first along d: the software rasteriser then rejects
+        most hidden fragments by depth before texturing them (the same picture, 1.5x faster on a 15x15 maze)."""
+        g = self._gl
+        gl = g.gl
+        h, w = occ.shape
+        light_pos = (w * CELL_METRES / 2, 2.5, h * CELL_METRES / 2, 1.0)  # over the centre: rotations keep the lighting
+        geometry = maze_geometry(occ, g.wall_height)
+        wall_centres = geometry["wall"][0].reshape(-1, 4, 3).mean(axis=1)
+        for d, yaw in enumerate(direction_angles()):
+            forward = np.array([np.cos(yaw), 0.0, -np.sin(yaw)])
+            near_first = np.argsort(wall_centres @ forward, kind="stable")
+            quads = (4 * near_first[:, None] + np.arange(4)).ravel()
+            gl.glDeleteLists(self.SCENE + d, 1)
+            gl.glNewList(self.SCENE + d, gl.GL_COMPILE)
+            gl.glLightfv(gl.GL_LIGHT0, gl.GL_POSITION, (gl.GLfloat * 4)(*light_pos))
+            gl.glLightfv(gl.GL_LIGHT0, gl.GL_AMBIENT, (gl.GLfloat * 4)(*g.light_ambient, 1.0))
+            gl.glLightfv(gl.GL_LIGHT0, gl.GL_DIFFUSE, (gl.GLfloat * 4)(*g.light_color, 1.0))
+            gl.glEnable(gl.GL_LIGHTING)
+            gl.glEnable(gl.GL_LIGHT0)
+            gl.glShadeModel(gl.GL_SMOOTH)
+            gl.glEnable(gl.GL_COLOR_MATERIAL)
+            gl.glColorMaterial(gl.GL_FRONT_AND_BACK, gl.GL_AMBIENT_AND_DIFFUSE)
+            gl.glEnable(gl.GL_TEXTURE_2D)
+            gl.glColor3f(1, 1, 1)
+            for part, arrays in geometry.items():
+                self._draw_quads(self._textures[part], *(a[quads] if part == "wall" else a for a in arrays))
+            if goal is not None:
+                gl.glDisable(gl.GL_TEXTURE_2D)
+                gl.glColor3f(*g.goal_rgb)
+                gl.glPushMatrix()
+                gl.glTranslatef((goal[1] + 0.5) * CELL_METRES, 0.0, (goal[0] + 0.5) * CELL_METRES)
+                half = GOAL_SIZE / 2
+                g.draw_box(x_min=-half, x_max=half, y_min=0, y_max=GOAL_SIZE, z_min=-half, z_max=half)
+                gl.glPopMatrix()
+            gl.glEndList()
+
+    def _draw_quads(self, texture: tuple[int, int, int], vertices, normals, texcoords_m) -> None:
+        """One textured array draw; in a display list being compiled, GL copies the arrays."""
+        gl = self._gl.gl
+        tex_id, tex_w, tex_h = texture
+        texels = self._gl.texels_per_metre
+        texcoords = np.ascontiguousarray(texcoords_m * np.array([texels / tex_w, texels / tex_h], dtype=np.float32))
+        vertices, normals = np.ascontiguousarray(vertices), np.ascontiguousarray(normals)
+        gl.glBindTexture(gl.GL_TEXTURE_2D, tex_id)
+        arrays = (gl.GL_VERTEX_ARRAY, gl.GL_NORMAL_ARRAY, gl.GL_TEXTURE_COORD_ARRAY)
+        for state in arrays:
+            gl.glEnableClientState(state)
+        gl.glVertexPointer(3, gl.GL_FLOAT, 0, vertices.ctypes.data)
+        gl.glNormalPointer(gl.GL_FLOAT, 0, normals.ctypes.data)
+        gl.glTexCoordPointer(2, gl.GL_FLOAT, 0, texcoords.ctypes.data)
+        gl.glDrawArrays(gl.GL_QUADS, 0, len(vertices))
+        for state in arrays:
+            gl.glDisableClientState(state)
+
+    def _render_views(self, matrices: np.ndarray, directions: np.ndarray, far: float) -> np.ndarray:
+        """(n, S, S, 3) uint8: one view per model-view matrix and direction index (which scene list draws it),
+        TILES x TILES per frame-buffer read-back."""
+        gl, fb, t, s = self._gl.gl, self._frame, self.tiles, self.view_size
+        out = np.empty((len(matrices), s, s, 3), dtype=np.uint8)
+        for start in range(0, len(matrices), t * t):
+            stop = min(start + t * t, len(matrices))
             fb.bind()
             gl.glClearColor(0.0, 0.0, 0.0, 1.0)
             gl.glClearDepth(1.0)
@@ -237,21 +317,17 @@ class PanoramaRenderer:
             gl.glMatrixMode(gl.GL_PROJECTION)
             gl.glLoadIdentity()
             gl.gluPerspective(FIELD_OF_VIEW, 1.0, 0.04, far)
+            gl.glMatrixMode(gl.GL_MODELVIEW)
             for k in range(stop - start):
-                (x, z), yaw = eye_xz[start + k], yaws[start + k]
-                gl.glViewport((k % t) * s, (k // t) * s, s, s)
-                gl.glMatrixMode(gl.GL_MODELVIEW)
-                gl.glLoadIdentity()
-                gl.gluLookAt(x, CAMERA_HEIGHT, z, x + math.cos(yaw), CAMERA_HEIGHT, z - math.sin(yaw), 0.0, 1.0, 0.0)
-                gl.glCallList(1)
-                for entity in movers:
-                    entity.render()
-            frame = fb.resolve()[::-1]  # back to GL's bottom-up rows, so tile k sits at row k // t
-            tiles = frame.reshape(t, s, t, s, 3).transpose(0, 2, 1, 3, 4).reshape(t * t, s, s, 3)
-            yield tiles[: stop - start, ::-1]
+                gl.glViewport((k % t) * s, (k // t) * s, s, s)  # tile k: column k % t, row k // t from the bottom
+                gl.glLoadMatrixf(matrices[start + k].ctypes.data_as(ctypes.POINTER(gl.GLfloat)))
+                gl.glCallList(self.SCENE + int(directions[start + k]))
+            tiles = fb.read().reshape(t, s, t, s, 3).transpose(0, 2, 1, 3, 4).reshape(t * t, s, s, 3)
+            out[start:stop] = tiles[: stop - start, ::-1]  # each view's rows top first
+        return out
 
     def close(self) -> None:
-        self._world.close()
+        self._context.close()
 
 
 _RENDERERS: dict[tuple[int, int], PanoramaRenderer] = {}

@@ -103,6 +103,40 @@ def test_renderer_rejects_bad_maps():
         views.render_panoramas(CORRIDOR, (0, 0))
 
 
+def test_scene_has_walls_only_where_a_free_cell_meets_an_obstacle_all_facing_its_centre():
+    height = 2.74
+    geometry = views.maze_geometry(CORRIDOR, height)
+    assert {part: len(arrays[0]) // 4 for part, arrays in geometry.items()} == {"wall": 12, "floor": 5, "ceil": 5}
+    for part, (vertices, normals, texcoords) in geometry.items():
+        quads = vertices.reshape(-1, 4, 3)
+        assert normals.shape == vertices.shape and texcoords.shape == (len(vertices), 2)
+        # the cell each quad belongs to: the free cell whose square holds the quad's centre nudged along its normal
+        centres = quads.mean(axis=1) + 0.01 * normals.reshape(-1, 4, 3)[:, 0]
+        cells = np.floor(centres[:, [2, 0]] / views.CELL_METRES).astype(int)
+        assert (CORRIDOR[cells[:, 0], cells[:, 1]] == 0).all()
+        eyes = np.stack([cells[:, 1] + 0.5, np.zeros(len(cells)), cells[:, 0] + 0.5], axis=1) * views.CELL_METRES
+        eyes[:, 1] = views.CAMERA_HEIGHT
+        winding = np.cross(quads[:, 1] - quads[:, 0], quads[:, 2] - quads[:, 0])  # counter-clockwise: front
+        assert (np.einsum("qi,qi->q", winding, eyes - quads[:, 0]) > 0).all(), f"{part} culled from its own cell"
+        assert (np.einsum("qi,qi->q", normals.reshape(-1, 4, 3)[:, 0], eyes - quads[:, 0]) > 0).all()
+    walls = geometry["wall"][0].reshape(-1, 4, 3)
+    assert np.allclose(walls[:, :, 1].min(axis=1), 0) and np.allclose(walls[:, :, 1].max(axis=1), height)
+
+
+def test_camera_matrices_put_the_eye_at_the_origin_looking_down_minus_z():
+    rng = np.random.default_rng(0)
+    eyes, yaws = rng.normal(size=(6, 3)) * 5, rng.uniform(-np.pi, np.pi, 6)
+    matrices = views.look_matrices(eyes, yaws).reshape(-1, 4, 4).transpose(0, 2, 1)  # column-major -> rows
+    forward = np.stack([np.cos(yaws), np.zeros(6), -np.sin(yaws)], axis=1)
+
+    def apply(points):
+        return np.einsum("nij,nj->ni", matrices, np.concatenate([points, np.ones((6, 1))], axis=1))[:, :3]
+
+    assert np.allclose(apply(eyes), 0, atol=1e-5)
+    assert np.allclose(apply(eyes + forward), [0, 0, -1], atol=1e-5)
+    assert np.allclose(apply(eyes + [0, 1, 0]), [0, 1, 0], atol=1e-5)
+
+
 def test_env_observes_views_not_the_map():
     env = gym.make("IDP/VisualMaze-v0", size=7, render_mode="rgb_array")
     check_env(env.unwrapped, skip_render_check=False)

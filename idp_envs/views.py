@@ -133,10 +133,16 @@ def maze_geometry(occupancy: np.ndarray, wall_height: float) -> dict[str, tuple[
     }
 
 
+def facing(yaws: np.ndarray) -> np.ndarray:
+    """(..., 3) unit vectors a level camera at MiniWorld yaw ``yaws`` looks along: (cos yaw, 0, -sin yaw)."""
+    yaws = np.asarray(yaws, dtype=np.float64)
+    return np.stack([np.cos(yaws), np.zeros_like(yaws), -np.sin(yaws)], axis=-1)
+
+
 def look_matrices(eyes: np.ndarray, yaws: np.ndarray) -> np.ndarray:
     """(n, 16) float32 column-major model-view matrices of level cameras at ``eyes`` (n, 3) facing ``yaws``: what
     ``gluLookAt(eye, eye + (cos yaw, 0, -sin yaw), up = y)`` loads, computed for all views at once."""
-    forward = np.stack([np.cos(yaws), np.zeros_like(yaws), -np.sin(yaws)], axis=-1)
+    forward = facing(yaws)
     side = np.stack([np.sin(yaws), np.zeros_like(yaws), np.cos(yaws)], axis=-1)  # forward x up
     up = np.broadcast_to([0.0, 1.0, 0.0], forward.shape)
     rotation = np.stack([side, up, -forward], axis=1)  # rows
@@ -149,7 +155,7 @@ def look_matrices(eyes: np.ndarray, yaws: np.ndarray) -> np.ndarray:
 
 class _TiledFrameBuffer:
     """An RGBA8 frame buffer with 4x multisampling (MiniWorld renders into RGBA32F: 8 bits hold what is read back),
-    resolved into a single-sample one and read back as RGB, GL's bottom-up rows flipped."""
+    resolved into a single-sample one and read back as RGB."""
 
     SAMPLES = 4
 
@@ -257,8 +263,7 @@ class PanoramaRenderer:
         light_pos = (w * CELL_METRES / 2, 2.5, h * CELL_METRES / 2, 1.0)  # over the centre: rotations keep the lighting
         geometry = maze_geometry(occ, g.wall_height)
         wall_centres = geometry["wall"][0].reshape(-1, 4, 3).mean(axis=1)
-        for d, yaw in enumerate(direction_angles()):
-            forward = np.array([np.cos(yaw), 0.0, -np.sin(yaw)])
+        for d, forward in enumerate(facing(direction_angles())):
             near_first = np.argsort(wall_centres @ forward, kind="stable")
             quads = (4 * near_first[:, None] + np.arange(4)).ravel()
             gl.glDeleteLists(self.SCENE + d, 1)

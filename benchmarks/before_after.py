@@ -35,7 +35,15 @@ def main() -> None:
             planner.fixed_point.k_fwd_stragglers = default
         if hasattr(planner.fixed_point, "solver_stragglers"):
             planner.fixed_point.solver_stragglers = FixedPointConfig().solver_stragglers
-        config = RunConfig(env=run["env"], train=run["train"], val=run["val"], test=run["test"], seed=run["seed"])
+        config = RunConfig(  # the dataset the checkpoint was trained on: its --data, else the cache its seed names
+            env=run["env"],
+            train=run["train"],
+            val=run["val"],
+            test=run["test"],
+            seed=run["seed"],
+            data=run.get("data"),
+            cache_dir=run.get("cache_dir", "data"),
+        )
         splits, _ = load_or_generate_dataset(config)
         test = split_data(splits["test"], None, torch.device("cpu"))
         with torch.no_grad():

@@ -35,15 +35,9 @@ def main() -> None:
             planner.fixed_point.k_fwd_stragglers = default
         if hasattr(planner.fixed_point, "solver_stragglers"):
             planner.fixed_point.solver_stragglers = FixedPointConfig().solver_stragglers
-        config = RunConfig(  # the dataset the checkpoint was trained on: its --data, else the cache its seed names
-            env=run["env"],
-            train=run["train"],
-            val=run["val"],
-            test=run["test"],
-            seed=run["seed"],
-            data=run.get("data"),
-            cache_dir=run.get("cache_dir", "data"),
-        )
+        # the dataset it was trained on (benchmarks.trained.dataset_config, inlined: older trees lack it)
+        dataset_fields = ("env", "size", "train", "val", "test", "seed", "data", "cache_dir")
+        config = RunConfig(**{k: run[k] for k in dataset_fields if k in run})
         splits, _ = load_or_generate_dataset(config)
         test = split_data(splits["test"], None, torch.device("cpu"))
         with torch.no_grad():

@@ -9,13 +9,19 @@ from idp_agents.imitate import RunConfig, load_or_generate_dataset, split_data
 from idp_agents.planners import Planner, make_planner, step_hyperparameters
 from idp_agents.policy import PlannerPolicy, legacy_planner_kwargs
 
+# The run settings that name a dataset: its --data file, else the cache entry of env, size, split sizes and seed
+DATASET_FIELDS = ("env", "size", "train", "val", "test", "seed", "data", "cache_dir")
+
+
+def dataset_config(run: dict) -> RunConfig:
+    """A checkpoint's run settings (``config["run"]``) reduced to those that name the dataset it was trained on."""
+    return RunConfig(**{k: run[k] for k in DATASET_FIELDS if k in run})
+
 
 def load_with_split(path: str, split: str = "train") -> tuple[PlannerPolicy, dict]:
     """The checkpoint's policy and a split ("train", "val", "test") of the dataset it was trained on (on the CPU)."""
     trained = PlannerPolicy.load(path)
-    run = trained.config["run"]
-    config = RunConfig(env=run["env"], train=run["train"], val=run["val"], test=run["test"], seed=run["seed"])
-    splits, _ = load_or_generate_dataset(config)
+    splits, _ = load_or_generate_dataset(dataset_config(trained.config["run"]))
     return trained, split_data(splits[split], None, torch.device("cpu"))
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks.bench_learning import markdown_table, merge_rows, read_rows, run_row, write_results
 from benchmarks.bench_planners import build_planner
+from benchmarks.trained import dataset_config
 
 
 def record(planner: str, epochs: int, success: float) -> dict:
@@ -95,3 +96,11 @@ def test_twin_gap_finds_the_implicit_gradient_equal_to_a_long_unroll_and_leaves_
     assert cosine > 0.999 and abs(norm_ratio - 1) < 0.01
     assert set(agreement) == {"implicit", "3 steps"}
     assert planner.fixed_point is before and all(p.grad is None for p in planner.parameters())
+
+
+def test_a_checkpoints_dataset_is_the_one_it_was_trained_on():
+    """--data wins over the seed's cache entry; without it, size and cache dir name it; other run keys are ignored."""
+    run = {"env": "IDP/GridMaze-v0", "size": 9, "train": 8, "val": 2, "test": 3, "seed": 1, "cache_dir": "cache"}
+    assert str(dataset_config(run).dataset_path()) == "cache/IDP_GridMaze-v0-size9-8-2-3-seed1.npz"
+    given = dataset_config(run | {"data": "maps/seed0.npz", "a_flag_from_later": 1})
+    assert str(given.dataset_path()) == "maps/seed0.npz"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from idp_agents import step_cost
 from idp_agents.implicit import FixedPointConfig
 from idp_agents.planners import Planner, make_planner
 from idp_agents.training import count_host_syncs_and_ops
@@ -95,40 +95,16 @@ def build_planner(
     return make_planner(name if mode == "unrolled" else f"id-{name}", fixed_point=fixed_point, **hyper)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed_step(planner: Planner, maps: Tensor, labels: Tensor) -> tuple[float, float]:
     """Seconds for the forward pass (with the loss) and for the backward pass."""
     planner.zero_grad(set_to_none=True)
-    synchronize(maps.device)
-    start = time.perf_counter()
-    loss = F.cross_entropy(planner(maps).logits, labels)
-    synchronize(maps.device)
-    middle = time.perf_counter()
-    loss.backward()
-    synchronize(maps.device)
-    return middle - start, time.perf_counter() - middle
+    return step_cost.timed_step(lambda: F.cross_entropy(planner(maps).logits, labels), maps.device)
 
 
 def peak_memory_bytes(planner: Planner, maps: Tensor, labels: Tensor) -> int:
     """Peak bytes allocated above the starting level during one forward + backward (see the module docstring)."""
     planner.zero_grad(set_to_none=True)
-    if maps.device.type == "cuda":
-        synchronize(maps.device)
-        torch.cuda.reset_peak_memory_stats(maps.device)
-        start = torch.cuda.memory_allocated(maps.device)
-        F.cross_entropy(planner(maps).logits, labels).backward()
-        synchronize(maps.device)
-        return torch.cuda.max_memory_allocated(maps.device) - start
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=activities, profile_memory=True) as profile:
-        F.cross_entropy(planner(maps).logits, labels).backward()
-    events = [e for e in profile.profiler.kineto_results.events() if e.name() == "[memory]"]
-    sizes = torch.tensor([e.nbytes() for e in sorted(events, key=lambda e: e.start_ns())], dtype=torch.float64)
-    return int(sizes.cumsum(0).max().clamp_min(0).item()) if len(sizes) else 0
+    return step_cost.peak_bytes(lambda: F.cross_entropy(planner(maps).logits, labels).backward(), maps.device)
 
 
 def measure(name: str, mode: str, size: int, k: int, args: argparse.Namespace, device: torch.device) -> Measurement:

@@ -31,8 +31,10 @@ import numpy as np
 import torch
 import yaml
 
-from idp_agents import imitate
+from idp_agents import imitate, step_cost
+from idp_agents.distributed import resolve_device
 from idp_agents.planners import PLANNERS, step_hyperparameters
+from idp_agents.run_files import write_metrics_csv
 from idp_agents.solvers import clear_workspaces
 from idp_envs.files import atomic_write
 
@@ -502,25 +504,13 @@ def time_step(planner, maps: torch.Tensor, optimal: torch.Tensor, repeats: int =
     """Median forward and backward milliseconds of one imitation training step, after one warm-up step."""
     from idp_agents.training import imitation_loss
 
-    def sync():
-        if maps.device.type == "cuda":
-            torch.cuda.synchronize(maps.device)
-
     planner.train()
-    forward, backward = [], []
-    for i in range(repeats + 1):
+    times = []
+    for _ in range(repeats + 1):
         planner.zero_grad(set_to_none=True)
-        sync()
-        t0 = time.perf_counter()
-        loss = imitation_loss(planner(maps).logits, optimal)
-        sync()
-        t1 = time.perf_counter()
-        loss.backward()
-        sync()
-        if i:
-            forward.append(1e3 * (t1 - t0))
-            backward.append(1e3 * (time.perf_counter() - t1))
-    return float(np.median(forward)), float(np.median(backward))
+        times.append(step_cost.timed_step(lambda: imitation_loss(planner(maps).logits, optimal), maps.device))
+    forward, backward = np.median(np.array(times[1:]), axis=0)
+    return 1e3 * float(forward), 1e3 * float(backward)
 
 
 def measure_step_times(sweep: Sweep, device: torch.device) -> list[dict]:
@@ -548,7 +538,7 @@ def measure_step_times(sweep: Sweep, device: torch.device) -> list[dict]:
         rows[key] = {"task": spec.task, "planner": spec.planner, "k": str(spec.k), "forward_ms": fwd}
         rows[key].update(backward_ms=bwd, batch=len(tensors["maps"]), device=str(device))
     if rows:
-        imitate.write_metrics_csv(cache, list(rows.values()))
+        write_metrics_csv(cache, list(rows.values()))
     return list(rows.values())
 
 
@@ -612,7 +602,7 @@ def evaluate_generalisation(sweep: Sweep, device: torch.device) -> list[dict]:
                 "optimal": metrics.optimal,
             }
     if rows:
-        imitate.write_metrics_csv(cache, list(rows.values()))
+        write_metrics_csv(cache, list(rows.values()))
     return list(rows.values())
 
 
@@ -662,7 +652,7 @@ def write_report(sweep: Sweep, timing: bool = True, device: str = "auto") -> Pat
     """The table, figures and a markdown summary linking them, in OUT/report; returns the summary's path."""
     out = sweep.report_dir()
     out.mkdir(parents=True, exist_ok=True)
-    torch_device = imitate.resolve_device(device)
+    torch_device = resolve_device(device)
     records = collect(sweep)
     write_results_csv(records, out / "results.csv")
     counts = {s: sum(r["status"] == s for r in records) for s in STATUSES}

@@ -10,17 +10,12 @@ published protocol (GPPN's, which the implicit-planning paper follows) is
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import errno
-import io
+import functools
 import json
 import math
-import os
 import random
-import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,23 +23,42 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from idp_agents.checkpoints import load_checkpoint, save_checkpoint
+from idp_agents.distributed import (
+    barrier,
+    data_parallel,
+    main_process_first,
+    rank_and_world,
+    run_device,
+    start_distributed,
+)
+from idp_agents.epochs import (
+    LR_SCHEDULES,
+    EpochSettings,
+    epoch_lr,
+    epoch_phases,
+    evaluate,
+    first_batch_step,
+    probe_spectral_radius,
+    train_epoch,
+)
 from idp_agents.implicit import FixedPointConfig
-from idp_agents.mappers import cspace_accuracy, cspace_bce_loss, cspace_planner_maps, make_mapper, mapper_input_key
+from idp_agents.mappers import make_mapper, mapper_input_key
 from idp_agents.planners import FIXED_POINT_KEYS, PLANNERS, make_planner, step_hyperparameters
 from idp_agents.planners.convgppn import CELLS
 from idp_agents.policy import PlannerPolicy, legacy_planner_kwargs
-from idp_agents.training import (
-    FixedPointStats,
-    action_accuracy,
-    batch_rows,
-    evaluate_planner,
-    mapper_logits,
-    planner_loss,
+from idp_agents.run_files import (
+    check_free_space,
+    fixed_point_line,
+    prepare_out_dir,
+    print_report,
+    restore_rng,
+    rng_state,
+    tensorboard_writer,
+    write_metrics_csv,
 )
+from idp_agents.step_cost import MemoryBudgetExceeded, apply_memory_budget
 from idp_envs import resolve_env_id, size_kwargs, view_store, views
 from idp_envs.datasets import (
     DatasetError,
@@ -56,7 +70,6 @@ from idp_envs.datasets import (
 )
 from idp_envs.files import atomic_write
 from idp_envs.tasks import TaskBatch
-from rollouts.metrics import PlanningMetrics
 from rollouts.video import showcase_gif
 
 # fixed-point flags whose default is the planner's (``PLANNERS[name].defaults``), and the setting each one names
@@ -73,7 +86,6 @@ PLANNER_DEFAULTED = {
 }
 STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group", "discount", "contraction", "cell", "forget_bound")
 UNBOUNDED_WHEN_ZERO = ("discount", "contraction")
-LR_SCHEDULES = ("constant", "cosine", "late-cosine")
 
 
 @dataclass
@@ -346,182 +358,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {name}: not a device this library trains on; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: Apple's MPS is not available on this machine; use cpu")
-    return device
-
-
-class MemoryBudgetExceeded(RuntimeError):
-    """A run that needs more memory than --memory-budget-gb allows: a result to report, not a crash."""
-
-
-def launched_by_torchrun() -> bool:
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-
-
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank_and_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
-
-
-def run_device(config: RunConfig) -> torch.device:
-    """The configured device; under torchrun on CUDA, the GPU of this process's local rank."""
-    device = resolve_device(config.device)
-    if launched_by_torchrun() and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    return device
-
-
-def start_distributed(config: RunConfig) -> bool:
-    """Join the torchrun process group (NCCL on CUDA, Gloo on the CPU); True when this call created it."""
-    if not launched_by_torchrun() or distributed():
-        return False
-    backend = "nccl" if run_device(config).type == "cuda" else "gloo"
-    dist.init_process_group(backend)
-    return True
-
-
-def barrier() -> None:
-    if distributed():
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def main_process_first():
-    """Rank 0 runs the block first (e.g. generates the cached dataset); the other ranks wait, then run it."""
-    rank, _ = rank_and_world()
-    if rank != 0:
-        barrier()
-    yield
-    if rank == 0:
-        barrier()
-
-
-def data_parallel(module: torch.nn.Module | None, device: torch.device) -> torch.nn.Module | None:
-    """``module`` wrapped in DistributedDataParallel when this is a torchrun process; else ``module`` itself."""
-    if module is None or not distributed():
-        return module
-    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
-
-
-def epoch_order(n: int, device: torch.device) -> torch.Tensor:
-    """The epoch's order of training maps; under DDP one shuffle shared by all ranks, each taking an equal shard."""
-    order = torch.randperm(n)
-    if not distributed():
-        return order
-    rank, world = rank_and_world()
-    shared = order.to(device)
-    dist.broadcast(shared, 0)
-    return shared.cpu()[rank::world][: n // world]
-
-
-def held_bytes(modules: list[torch.nn.Module], data: dict) -> int:
-    """Bytes held through training: parameters with their gradients and RMSprop state, and the on-device splits."""
-    params = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
-    tensors = [t for split in data.values() for t in split.values() if isinstance(t, torch.Tensor)]
-    return 3 * params + sum(t.numel() * t.element_size() for t in tensors)
-
-
-def training_step_peak_bytes(planner, mapper, train: dict, config: RunConfig) -> int:
-    """Peak bytes allocated above the starting level by one training step (forward + backward) on the first batch,
-    from torch.profiler's CPU memory events; end to end through the mapper when there is one."""
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # else the profiler writes 'USDT: profiler_start' lines to stderr
-    idx = torch.arange(min(config.batch_size, len(train["maps"])))
-    optimal, true_maps = train["optimal_actions"][idx], train["maps"][idx]
-    with (
-        torch.random.fork_rng(devices=[]),
-        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile,
-    ):
-        maps, loss = true_maps, 0.0
-        if mapper is not None:
-            map_logits = mapper(batch_rows(train["mapper_input"], idx))
-            loss = cspace_bce_loss(map_logits, true_maps[:, 0])
-            maps = cspace_planner_maps(map_logits, train["goal"][idx])
-        output = planner(maps)
-        loss = loss + planner_loss(output, optimal)
-        loss.backward()
-    for module in (planner, mapper):
-        if module is not None:
-            module.zero_grad(set_to_none=True)
-    events = [e for e in profile.profiler.kineto_results.events() if e.name() == "[memory]"]
-    sizes = torch.tensor([e.nbytes() for e in sorted(events, key=lambda e: e.start_ns())], dtype=torch.float64)
-    return int(sizes.cumsum(0).max().clamp_min(0).item()) if len(sizes) else 0
-
-
-def apply_memory_budget(config: RunConfig, planner, mapper, data: dict, device: torch.device) -> None:
-    """On CUDA cap the caching allocator at the budget; on the CPU measure what training needs and refuse the run
-    with `MemoryBudgetExceeded` when it is over the budget."""
-    budget = config.memory_budget_gb * 2**30
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
-        return
-    modules = [m for m in (planner, mapper) if m is not None]
-    needed = held_bytes(modules, data) + training_step_peak_bytes(planner, mapper, data["train"], config)
-    if needed > budget:
-        raise MemoryBudgetExceeded(
-            f"out of memory: training needs {needed / 2**30:.3f} GB (parameters, optimizer state, data and the "
-            f"first batch's forward + backward peak) over --memory-budget-gb {config.memory_budget_gb:g}"
-        )
-
-
-def rng_state() -> dict:
-    """Every random generator a run draws from, as plain data a weights-only checkpoint can hold."""
-    _, keys, position, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": json.dumps([keys.tolist(), int(position), int(has_gauss), float(gauss)]),
-        "python": json.dumps([version, list(internal), gauss_next]),
-    }
-
-
-def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    keys, position, has_gauss, gauss = json.loads(state["numpy"])
-    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), position, has_gauss, gauss))
-    version, internal, gauss_next = json.loads(state["python"])
-    random.setstate((version, tuple(internal), gauss_next))
-
-
-def write_metrics_csv(path: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    # every epoch's columns in order of appearance: a run resumed under a newer version may log more of them
-    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in history for key in row)))
-    writer.writeheader()
-    writer.writerows(history)
-    with atomic_write(path) as f:
-        f.write(buffer.getvalue().encode())
-
-
-def tensorboard_writer(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
-
-
 # what a run had for a flag that its checkpoint predates, where that is not today's default
 BEFORE_THE_FLAG = {"lr_schedule": "constant", "solver_stragglers": "anderson"}
 # the run's flags a resumed run must share with its checkpoint; the planner's settings (PLANNER_DEFAULTED, STEP_FLAGS
@@ -601,149 +437,12 @@ def split_data(batch: TaskBatch, input_key: str | None, device: torch.device) ->
     return data
 
 
-def epoch_lr(config: RunConfig, epoch: int, epochs: int) -> float:
-    """The learning rate of 0-based ``epoch`` of ``epochs``: ``--lr`` throughout (constant); its cosine decay
-    (``--lr`` at the first epoch, lr (1 + cos(pi (epochs - 1) / epochs)) / 2 > 0 at the last); or late-cosine,
-    ``--lr`` for the first half of the epochs (``epochs // 2``), then the cosine's shape over the rest, ending at
-    lr (1 + cos(pi n / (n + 1))) / 2 for the n epochs of that rest. A function of the epoch alone, so a resumed run
-    continues the same schedule."""
-    if config.lr_schedule == "constant":
-        return config.lr
-    if config.lr_schedule == "cosine":
-        return config.lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
-    hold = epochs // 2
-    if epoch < hold:
-        return config.lr
-    return config.lr * (1 + math.cos(math.pi * (epoch - hold + 1) / (epochs - hold + 1))) / 2
-
-
-def epoch_phases(config: RunConfig, has_mapper: bool) -> list[str]:
-    """What each epoch trains: the planner alone on true maps, or (with a mapper) first the mapper alone, then the
-    planner alone, then both end to end with the planner reading the mapper's map."""
-    if not has_mapper:
-        return ["planner"] * config.epochs
-    return ["mapper"] * config.mapper_epochs + ["planner"] * config.planner_epochs + ["joint"] * config.epochs
-
-
-def evaluate(planner, mapper, data: dict, config: RunConfig) -> tuple[PlanningMetrics, float | None]:
-    """Closed-loop metrics on the true grid of the planner's policy, which reads the mapper's map when there is one;
-    and the mapper's cell accuracy."""
-    if mapper is None:
-        return evaluate_planner(planner, data, config.eval_batch_size), None
-    logits = mapper_logits(mapper, data["mapper_input"], config.eval_batch_size, data["goal"].device)
-    accuracy = float(cspace_accuracy(logits, data["maps"][:, 0]))
-    maps = cspace_planner_maps(logits, data["goal"])
-    return evaluate_planner(planner, data, config.eval_batch_size, planner_maps=maps), accuracy
-
-
-def train_epoch(phase: str, planner, mapper, optimizer, data: dict, config: RunConfig, desc: str) -> dict:
-    """One pass over the training split; returns mean loss, action accuracy, map accuracy and the time taken."""
-    planner.train()
-    if mapper is not None:
-        mapper.train()
-    order = epoch_order(len(data["maps"]), data["maps"].device)
-    n = len(order)
-    # loss, action accuracy, map accuracy summed on the device: read back every few batches, not every one
-    sums = torch.zeros(3, device=data["maps"].device)
-    solves = FixedPointStats(data["maps"].device)
-    batches, t0 = 0, time.perf_counter()
-    bar = tqdm(range(0, n, config.batch_size), desc=desc, disable=not config.progress, leave=False)
-    for i in bar:
-        idx = order[i : i + config.batch_size].sort().values  # sorted: memory-mapped inputs read in order
-        dev_idx = idx.to(data["maps"].device)
-        optimal, true_maps = data["optimal_actions"][dev_idx], data["maps"][dev_idx]
-        loss, logits, map_logits = 0.0, None, None
-        if phase in ("mapper", "joint"):
-            map_logits = mapper(batch_rows(data["mapper_input"], idx).to(true_maps.device))
-            loss = cspace_bce_loss(map_logits, true_maps[:, 0]) * (1.0 if phase == "mapper" else config.map_loss_weight)
-        if phase in ("planner", "joint"):
-            maps = true_maps if phase == "planner" else cspace_planner_maps(map_logits, data["goal"][dev_idx])
-            output = planner(maps)
-            logits = output.logits
-            loss = loss + planner_loss(output, optimal)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if logits is not None:
-            solves.add(output.info)
-        if config.clip:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, config.clip)
-        optimizer.step()
-        batches += 1
-        zero = sums.new_zeros(())
-        sums += torch.stack(
-            [
-                loss.detach(),
-                action_accuracy(logits.detach(), optimal) if logits is not None else zero,
-                cspace_accuracy(map_logits.detach(), true_maps[:, 0]) if map_logits is not None else zero,
-            ]
-        )
-        if config.progress and batches % 10 == 0:
-            mean_loss, mean_accuracy, _ = (sums / batches).tolist()
-            seen = min(i + config.batch_size, n)
-            bar.set_postfix(
-                loss=f"{mean_loss:.3f}",
-                acc=f"{mean_accuracy:.3f}",
-                maps_per_s=f"{seen / (time.perf_counter() - t0):.0f}",
-            )
-    seconds = time.perf_counter() - t0
-    _, world = rank_and_world()
-    if world > 1:
-        dist.all_reduce(sums)
-    mean_loss, mean_accuracy, mean_map_accuracy = (sums / (batches * world)).tolist()
-    row = {
-        "train_loss": mean_loss,
-        "train_accuracy": mean_accuracy if phase != "mapper" else float("nan"),
-        "train_seconds": seconds,
-        "maps_per_second": n * world / seconds,
-    }
-    if mapper is not None:
-        row["train_map_accuracy"] = mean_map_accuracy if phase != "planner" else float("nan")
-    row.update(solves.summary())
-    return row
-
-
-PROBE_MAPS = 8
-
-
-def probe_spectral_radius(planner, data: dict) -> dict[str, float]:
-    """Spectral radius of the step's Jacobian at its fixed point on the first validation maps (a fixed probe)."""
-    radius = planner.spectral_radius(data["maps"][:PROBE_MAPS])
-    return {"spectral_radius_mean": float(radius.mean()), "spectral_radius_max": float(radius.max())}
-
-
-def prepare_out_dir(out: Path) -> None:
-    """Create ``--out`` and check that files can be written in it, before any data is made or any epoch trained."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a directory for the run's checkpoints and reports")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_write(out / ".write-test") as f:
-            f.write(b"ok")
-        (out / ".write-test").unlink()
-    except OSError as exc:
-        raise ValueError(f"--out {out} is not writable ({exc.strerror or exc}); choose another --out") from exc
-
-
-def check_free_space(out: Path, modules: list[torch.nn.Module]) -> None:
-    """Refuse to train when ``--out``'s disk cannot hold the run's files: best.pt and last.pt (weights and RMSprop
-    state), the temporary copy an atomic write makes, and a margin for logs and the report."""
-    params = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
-    needed = 3 * (2 * params + 2**20) + 16 * 2**20
-    free = shutil.disk_usage(out).free
-    if free < needed:
-        raise ValueError(
-            f"--out {out}: {free / 2**20:.0f} MiB free on its disk, the run writes about {needed / 2**20:.0f} MiB; "
-            "free some space or choose another --out"
-        )
-
-
 def run(config: RunConfig) -> dict:
     """Train, validate every epoch, keep the best and the last checkpoint, and return the test report.
 
     Started by ``torchrun --nproc_per_node N``, it trains data-parallel (DDP; each rank takes an equal shard of every
     epoch, so the effective batch is N x --batch-size) and only rank 0 writes checkpoints, logs and the report."""
-    started = start_distributed(config)
+    started = start_distributed(config.device)
     try:
         return train_and_report(config)
     finally:
@@ -754,7 +453,7 @@ def run(config: RunConfig) -> dict:
 def train_and_report(config: RunConfig) -> dict:
     config.env = resolve_env_id(config.env)
     planner_kwargs = config.planner_kwargs()
-    device = run_device(config)
+    device = run_device(config.device)
     rank, world = rank_and_world()
     is_main = rank == 0
     if config.threads:
@@ -786,7 +485,8 @@ def train_and_report(config: RunConfig) -> dict:
         "mapper": {"input": input_key, "shape": list(shape)} if mapper is not None else None,
         "run": asdict(config),
     }
-    phases = epoch_phases(config, mapper is not None)
+    phases = epoch_phases(config.epochs, config.mapper_epochs, config.planner_epochs, mapper is not None)
+    settings = EpochSettings(config.batch_size, config.clip, config.map_loss_weight, config.progress)
     if not phases and not config.resume:
         raise ValueError(
             "no epochs to train (--epochs 0), so this run has no checkpoint to test; to test a trained run again "
@@ -825,18 +525,21 @@ def train_and_report(config: RunConfig) -> dict:
         if is_main:
             print(f"resuming {out} after epoch {start_epoch}")
     if config.memory_budget_gb is not None:
-        apply_memory_budget(config, planner, mapper, data, device)
+        modules = [m for m in (planner, mapper) if m is not None]
+        on_device = [t for split in data.values() for t in split.values() if isinstance(t, torch.Tensor)]
+        step = functools.partial(first_batch_step, planner, mapper, data["train"], config.batch_size)
+        apply_memory_budget(config.memory_budget_gb, modules, on_device, step, device)
     trained_planner, trained_mapper = data_parallel(planner, device), data_parallel(mapper, device)
 
     writer = tensorboard_writer(out) if is_main else None
     for epoch in range(start_epoch, len(phases)):
         phase = phases[epoch]
         desc = f"epoch {epoch + 1}/{len(phases)}" + (f" ({phase})" if mapper is not None else "")
-        row = {"epoch": epoch + 1, "phase": phase, "lr": epoch_lr(config, epoch, len(phases))}
+        row = {"epoch": epoch + 1, "phase": phase, "lr": epoch_lr(config.lr, config.lr_schedule, epoch, len(phases))}
         for group in optimizer.param_groups:
             group["lr"] = row["lr"]
-        row.update(train_epoch(phase, trained_planner, trained_mapper, optimizer, data["train"], config, desc))
-        val, val_map_accuracy = evaluate(planner, mapper, data["val"], config)
+        row.update(train_epoch(phase, trained_planner, trained_mapper, optimizer, data["train"], settings, desc))
+        val, val_map_accuracy = evaluate(planner, mapper, data["val"], config.eval_batch_size)
         row.update(val_success=val.success, val_optimal=val.optimal, val_spl=val.spl)
         row.update(probe_spectral_radius(planner, data["val"]))
         if mapper is not None:
@@ -884,7 +587,7 @@ def train_and_report(config: RunConfig) -> dict:
     planner.load_state_dict(best_state["model"])
     if mapper is not None:
         mapper.load_state_dict(best_state["mapper"])
-    test, test_map_accuracy = evaluate(planner, mapper, data["test"], config)
+    test, test_map_accuracy = evaluate(planner, mapper, data["test"], config.eval_batch_size)
     report = {
         "env": config.env,
         "env_kwargs": env_kwargs(config),
@@ -915,23 +618,6 @@ def resolved_planner_kwargs(planner) -> dict:
     return {**fixed_point, **step}
 
 
-def fixed_point_line(row: dict) -> str:
-    """The epoch's fixed-point diagnostics in one line."""
-    solves = "unrolled: no solves"
-    if not np.isnan(row["fwd_residual_mean"]):
-        at_cap = "" if np.isnan(row["fwd_over_cap"]) else f", {100 * row['fwd_over_cap']:.1f}% at the cap"
-        solves = (
-            f"forward residual mean {row['fwd_residual_mean']:.1e} max {row['fwd_residual_max']:.1e} "
-            f"({100 * row['fwd_nonconverged']:.1f}% above tol{at_cap})"
-        )
-        if not np.isnan(row["bwd_residual_mean"]):
-            solves += (
-                f"  backward mean {row['bwd_residual_mean']:.1e} max {row['bwd_residual_max']:.1e} "
-                f"({100 * row['bwd_nonconverged']:.1f}% above tol)"
-            )
-    return f"{solves}  spectral radius mean {row['spectral_radius_mean']:.3f} max {row['spectral_radius_max']:.3f}"
-
-
 def render_test_episode(
     planner, mapper, input_key, tasks: TaskBatch, config: RunConfig, path: Path, success: float
 ) -> Path:
@@ -941,21 +627,6 @@ def render_test_episode(
     return showcase_gif(
         lambda **kwargs: gym.make(config.env, **env_kwargs(config), **kwargs), policy, tasks, title, path
     )
-
-
-def print_report(report: dict) -> None:
-    t = report["test"]
-    rows = [
-        ("env", report["env"] + "".join(f" ({k} {v})" for k, v in report.get("env_kwargs", {}).items())),
-        ("planner", report["planner"]),
-        ("best epoch", report["best_epoch"]),
-        ("test %Success", f"{100 * t['success']:.1f}"),
-        ("test %Optimal", f"{100 * t['optimal']:.1f}"),
-        ("test SPL", f"{t['spl']:.3f}"),
-        ("start cells", f"{t['starts']} (reachable, all {t['maps']} test maps)"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
 
 
 def check_counts(config: RunConfig) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import idp_envs  # noqa: F401
-from idp_agents import experiments, imitate
+from idp_agents import experiments, imitate, run_files
 from idp_agents.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from idp_agents.planners import make_planner
 from idp_agents.policy import PlannerPolicy
@@ -377,7 +377,7 @@ def test_out_that_is_a_file_or_unwritable_is_refused_before_any_work(tmp_path):
 
 def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
     real = shutil.disk_usage
-    monkeypatch.setattr(imitate.shutil, "disk_usage", lambda p: real(p)._replace(free=2**20))
+    monkeypatch.setattr(run_files.shutil, "disk_usage", lambda p: real(p)._replace(free=2**20))
     with pytest.raises(SystemExit, match="MiB free on its disk"):
         imitate.main([*TINY, "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "data"), "--no-progress"])
     assert not (tmp_path / "run" / "last.pt").exists()

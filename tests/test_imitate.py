@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import idp_envs  # noqa: F401
-from idp_agents import imitate
+from idp_agents import epochs, imitate, run_files
 from idp_agents.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from idp_agents.planners import PLANNERS
 from idp_agents.policy import PlannerPolicy
@@ -128,7 +128,7 @@ def test_resume_continues_after_an_interrupted_epoch(tmp_path, monkeypatch, caps
     assert first["epoch"] == 0
 
     calls = {"n": 0}
-    original = imitate.planner_loss
+    original = epochs.planner_loss
 
     def crash_in_second_epoch(*args):
         calls["n"] += 1
@@ -136,12 +136,12 @@ def test_resume_continues_after_an_interrupted_epoch(tmp_path, monkeypatch, caps
             raise KeyboardInterrupt
         return original(*args)
 
-    monkeypatch.setattr(imitate, "planner_loss", crash_in_second_epoch)
+    monkeypatch.setattr(epochs, "planner_loss", crash_in_second_epoch)
     with pytest.raises(SystemExit) as exc:  # Ctrl-C: exit status 130 and a line saying how to continue
         run(tmp_path, "--train", "64", "--epochs", "2", "--resume")
     assert exc.value.code == 130 and "rerun the same command with --resume" in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0  # the finished epoch is kept
-    monkeypatch.setattr(imitate, "planner_loss", original)
+    monkeypatch.setattr(epochs, "planner_loss", original)
     report = run(tmp_path, "--train", "64", "--epochs", "2", "--resume")
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 1 and [h["epoch"] for h in state["history"]] == [1, 2]
@@ -172,7 +172,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     learning-rate schedule depends on --epochs, which both share)."""
     straight = run(tmp_path, "--train", "64", "--epochs", "2", name="straight")
     calls = {"n": 0}
-    original = imitate.planner_loss
+    original = epochs.planner_loss
 
     def crash_in_second_epoch(*args):
         calls["n"] += 1
@@ -180,10 +180,10 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(*args)
 
-    monkeypatch.setattr(imitate, "planner_loss", crash_in_second_epoch)
+    monkeypatch.setattr(epochs, "planner_loss", crash_in_second_epoch)
     with pytest.raises(SystemExit):
         run(tmp_path, "--train", "64", "--epochs", "2", name="split")
-    monkeypatch.setattr(imitate, "planner_loss", original)
+    monkeypatch.setattr(epochs, "planner_loss", original)
     assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 0
     resumed = run(tmp_path, "--train", "64", "--epochs", "2", "--resume", name="split")
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
@@ -354,7 +354,7 @@ def test_a_run_log_holds_no_profiler_lines(tmp_path):
 def test_metrics_csv_keeps_the_columns_a_newer_version_adds_on_resume(tmp_path):
     """A run resumed under a version that logs one more column writes every epoch, the old ones left blank there."""
     path = tmp_path / "metrics.csv"
-    imitate.write_metrics_csv(path, [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4, "fwd_over_cap": 0.01}])
+    run_files.write_metrics_csv(path, [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4, "fwd_over_cap": 0.01}])
     lines = path.read_text().splitlines()
     assert lines == ["epoch,loss,fwd_over_cap", "1,0.5,", "2,0.4,0.01"]
 
@@ -373,12 +373,11 @@ def test_cosine_schedule_sets_each_epochs_rate_and_a_resumed_run_follows_it(tmp_
 
 
 def test_late_cosine_holds_the_rate_for_half_the_epochs_then_decays_it_toward_zero():
-    config = imitate.RunConfig(lr=1e-3, lr_schedule="late-cosine")
-    rates = [imitate.epoch_lr(config, epoch, 10) for epoch in range(10)]
+    rates = [epochs.epoch_lr(1e-3, "late-cosine", epoch, 10) for epoch in range(10)]
     assert rates[:5] == [1e-3] * 5
     assert all(a > b for a, b in zip(rates[4:-1], rates[5:], strict=True))  # strictly decreasing after the hold
     assert rates[7] == pytest.approx(5e-4) and 0 < rates[-1] < 1e-4
-    assert 0 < imitate.epoch_lr(config, 0, 1) < 1e-3  # a one-epoch run has no hold
+    assert 0 < epochs.epoch_lr(1e-3, "late-cosine", 0, 1) < 1e-3  # a one-epoch run has no hold
 
 
 def test_a_checkpoint_from_before_a_flag_existed_resumes_with_what_it_trained_with(tmp_path):

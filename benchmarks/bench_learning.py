@@ -28,8 +28,8 @@ import statistics
 from pathlib import Path
 
 from idp_agents.experiments import Sweep, collect, run_sweep
-from idp_agents.imitate import RunConfig
 from idp_agents.planners import PLANNERS
+from idp_agents.run_config import RunConfig
 from idp_envs.files import atomic_write
 
 PROTOCOLS = {

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from idp_agents.imitate import RunConfig, load_or_generate_dataset, split_data
+from idp_agents.imitate import load_or_generate_dataset, split_data
 from idp_agents.planners import Planner, make_planner, step_hyperparameters
 from idp_agents.policy import PlannerPolicy, legacy_planner_kwargs
+from idp_agents.run_config import RunConfig
 
 # The run settings that name a dataset: its --data file, else the cache entry of env, size, split sizes and seed
 DATASET_FIELDS = ("env", "size", "train", "val", "test", "seed", "data", "cache_dir")

@@ -34,11 +34,12 @@ import yaml
 from idp_agents import imitate, step_cost
 from idp_agents.distributed import resolve_device
 from idp_agents.planners import PLANNERS, step_hyperparameters
+from idp_agents.run_config import STEP_FIELDS, RunConfig, write_config_file
 from idp_agents.run_files import write_metrics_csv
 from idp_agents.solvers import clear_workspaces
 from idp_envs.files import atomic_write
 
-RUN_FIELDS = {f.name for f in dataclasses.fields(imitate.RunConfig)}
+RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 SWEEP_KEYS = {"name", "description", "tasks", "planners", "k", "seeds", "common", "planner_settings", "generalisation"}
 SET_BY_SWEEP = {"planner", "k_fwd", "seed", "out", "resume"}
 DIVERGED_BELOW = 0.2
@@ -98,7 +99,7 @@ class Sweep:
         merged = {**self.common, **{k: v for k, v in task.items() if k != "name"}}
         merged.update(self.planner_settings.get(planner, {}))
         accepted = step_hyperparameters(PLANNERS[planner].step)
-        return {k: v for k, v in merged.items() if k not in imitate.STEP_FLAGS or k in accepted}
+        return {k: v for k, v in merged.items() if k not in STEP_FIELDS or k in accepted}
 
     def run_dir(self, spec: RunSpec) -> Path:
         return self.out / spec.key
@@ -199,39 +200,18 @@ def load_sweep(path: str | os.PathLike, small: bool = False, out: str | None = N
         _check_keys(f"{path} generalisation", sweep.generalisation, {"task", "sizes", "maps", "seed"})
         if sweep.generalisation.get("task") not in names:
             raise ValueError(f"{path} generalisation: task must be one of {names}")
+    for spec in sweep.runs():  # every value checked too, before the first run starts
+        try:
+            run_config(sweep, spec)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path} run {spec.key}: {exc}") from None
     return sweep
 
 
-def run_config(sweep: Sweep, spec: RunSpec, overrides: dict | None = None) -> imitate.RunConfig:
+def run_config(sweep: Sweep, spec: RunSpec, overrides: dict | None = None) -> RunConfig:
     """The imitation run of ``spec``; ``overrides`` (threads, device, cache_dir from the command line) win."""
-    quiet = {"progress": False, **({"gif": False} if "gif" in RUN_FIELDS else {})}  # no bars or GIFs in a sweep
-    settings = {**quiet, **dict(spec.settings), **(overrides or {})}
-    config = imitate.RunConfig(
-        **settings, planner=spec.planner, k_fwd=spec.k, seed=spec.seed, out=str(sweep.run_dir(spec))
-    )
-    if config.clip is not None and config.clip <= 0:
-        config.clip = None
-    return config
-
-
-def imitate_argv(config: imitate.RunConfig) -> list[str]:
-    """The ``python -m idp_agents.imitate`` flags that reproduce ``config`` (only those off their defaults)."""
-    defaults = imitate.RunConfig()
-    argv: list[str] = []
-    for action in imitate.build_parser()._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        value = getattr(config, action.dest)
-        if value == getattr(defaults, action.dest):
-            continue
-        flag = action.option_strings[0]
-        if action.nargs == 0:
-            argv.append(flag)
-        elif value is None:
-            argv += [flag, "0" if action.dest == "clip" else "none"]
-        else:
-            argv += [flag, str(value)]
-    return argv
+    settings = {"progress": False, "gif": False, **dict(spec.settings), **(overrides or {})}  # no bars or GIFs
+    return RunConfig(**settings, planner=spec.planner, k_fwd=spec.k, seed=spec.seed, out=str(sweep.run_dir(spec)))
 
 
 def run_status(run_dir: Path) -> str:
@@ -262,12 +242,11 @@ def record_failure(run_dir: Path, spec: RunSpec, error: str, detail: str, argv: 
     return status
 
 
-def execute_in_process(config: imitate.RunConfig, log: Path) -> str | None:
+def execute_in_process(config: RunConfig, log: Path) -> str | None:
     """Run in this process, its output to ``log``; the error line and traceback of a failure, or None."""
     with open(log, "a") as f, contextlib.redirect_stdout(f):
         try:
             clear_workspaces()  # free the previous run's cached solver buffers
-            imitate.check_counts(config)
             imitate.run(config)
         except Exception as exc:  # recorded as the run's result; the sweep goes on
             return f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
@@ -295,9 +274,9 @@ def run_one(sweep: Sweep, spec: RunSpec, overrides: dict, in_process: bool, gpu:
     run_dir = sweep.run_dir(spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "failure.json").unlink(missing_ok=True)
-    config = run_config(sweep, spec, overrides)
-    config.resume = (run_dir / "last.pt").exists()
-    argv = imitate_argv(config)
+    config = dataclasses.replace(run_config(sweep, spec, overrides), resume=(run_dir / "last.pt").exists())
+    write_config_file(config, run_dir / "config.json")  # the run, whole: what the subprocess runs
+    argv = ["--config", str(run_dir / "config.json")]
     (run_dir / "command.txt").write_text("python -m idp_agents.imitate " + " ".join(argv) + "\n")
     log = run_dir / "log.txt"
     error = execute_in_process(config, log) if in_process else execute_subprocess(argv, log, gpu)
@@ -531,7 +510,7 @@ def measure_step_times(sweep: Sweep, device: torch.device) -> list[dict]:
             continue
         report = json.loads((run_dir / "test_report.json").read_text())
         splits, _ = load_dataset(report["dataset"], with_views=False)
-        batch = dict(spec.settings).get("batch_size", imitate.RunConfig.batch_size)
+        batch = dict(spec.settings).get("batch_size", RunConfig.batch_size)
         tensors = task_tensors(splits["test"].subset(slice(0, batch)), device)
         planner = PlannerPolicy.load(run_dir / "best.pt", device).planner
         fwd, bwd = time_step(planner, tensors["maps"], tensors["optimal_actions"])

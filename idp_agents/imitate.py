@@ -10,13 +10,13 @@ published protocol (GPPN's, which the implicit-planning paper follows) is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import functools
 import json
-import math
 import random
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import gymnasium as gym
@@ -34,7 +34,6 @@ from idp_agents.distributed import (
     start_distributed,
 )
 from idp_agents.epochs import (
-    LR_SCHEDULES,
     EpochSettings,
     epoch_lr,
     epoch_phases,
@@ -43,11 +42,10 @@ from idp_agents.epochs import (
     probe_spectral_radius,
     train_epoch,
 )
-from idp_agents.implicit import FixedPointConfig
 from idp_agents.mappers import make_mapper, mapper_input_key
-from idp_agents.planners import FIXED_POINT_KEYS, PLANNERS, make_planner, step_hyperparameters
-from idp_agents.planners.convgppn import CELLS
+from idp_agents.planners import FIXED_POINT_KEYS, make_planner, step_hyperparameters
 from idp_agents.policy import PlannerPolicy, legacy_planner_kwargs
+from idp_agents.run_config import FIELD_OF_FIXED_POINT, RunConfig, build_parser, parse_config, resume_differences
 from idp_agents.run_files import (
     check_free_space,
     fixed_point_line,
@@ -71,323 +69,6 @@ from idp_envs.datasets import (
 from idp_envs.files import atomic_write
 from idp_envs.tasks import TaskBatch
 from rollouts.video import showcase_gif
-
-# fixed-point flags whose default is the planner's (``PLANNERS[name].defaults``), and the setting each one names
-PLANNER_DEFAULTED = {
-    "k_fwd": "k_fwd",
-    "k_fwd_stragglers": "k_fwd_stragglers",
-    "k_bwd": "k_bwd",
-    "jac_reg": "jac_reg_weight",
-    "jac_reg_unconverged": "jac_reg_unconverged",
-    "spectral_reg": "spectral_reg_weight",
-    "spectral_reg_unconverged": "spectral_reg_unconverged",
-    "spectral_target": "spectral_target",
-    "gradient_gain_cap": "gradient_gain_cap",
-}
-STEP_FLAGS = ("l_h", "l_q", "hidden", "kernel", "group", "discount", "contraction", "cell", "forget_bound")
-UNBOUNDED_WHEN_ZERO = ("discount", "contraction")
-
-
-@dataclass
-class RunConfig:
-    """One training run; every field is a command-line flag of the same name."""
-
-    env: str = "IDP/GridMaze-15-v0"
-    size: int | None = None
-    planner: str = "id-vin"
-    k_fwd: int | None = None
-    k_fwd_stragglers: int | None = None
-    k_bwd: int | None = None
-    solver_fwd: str = FixedPointConfig.solver_fwd
-    solver_stragglers: str = FixedPointConfig.solver_stragglers
-    solver_bwd: str = FixedPointConfig.solver_bwd
-    tol_fwd: float | None = FixedPointConfig.tol_fwd
-    tol_bwd: float | None = FixedPointConfig.tol_bwd
-    gradient: str = FixedPointConfig.gradient
-    jac_reg: float | None = None
-    jac_reg_unconverged: float | None = None
-    spectral_reg: float | None = None
-    spectral_reg_unconverged: float | None = None
-    spectral_target: float | None = None
-    drop_unconverged: bool = FixedPointConfig.drop_unconverged
-    gradient_gain_cap: float | None = None
-    on_divergence: str = FixedPointConfig.on_divergence
-    l_h: int | None = None
-    l_q: int | None = None
-    hidden: int | None = None
-    kernel: int | None = None
-    group: str | None = None
-    discount: float | None = None
-    contraction: float | None = None
-    cell: str | None = None
-    forget_bound: float | None = None
-    epochs: int = 6
-    mapper_epochs: int = 2
-    planner_epochs: int = 2
-    map_loss_weight: float = 1.0
-    batch_size: int = 32
-    lr: float = 1e-3
-    lr_schedule: str = "late-cosine"
-    clip: float | None = 40.0
-    train: int = 2000
-    val: int = 200
-    test: int = 500
-    data: str | None = None
-    cache_dir: str = "data"
-    device: str = "auto"
-    threads: int | None = None
-    seed: int = 0
-    out: str = "runs/latest"
-    resume: bool = False
-    eval_batch_size: int = 128
-    progress: bool = True
-    gif: bool = True
-    memory_budget_gb: float | None = None
-
-    def planner_kwargs(self) -> dict:
-        """Fixed-point settings and the step hyperparameters that were set; the rest keep the planner's defaults.
-
-        A bound (``discount``, ``contraction``) of 0 asks for the unbounded step."""
-        if self.planner not in PLANNERS:
-            raise ValueError(f"unknown planner {self.planner!r}; valid names: {', '.join(sorted(PLANNERS))}")
-        accepted = step_hyperparameters(PLANNERS[self.planner].step)
-        step = {k: getattr(self, k) for k in STEP_FLAGS if getattr(self, k) is not None}
-        rejected = sorted(set(step) - set(accepted))
-        if rejected:
-            raise ValueError(f"{self.planner} does not take {rejected}; its hyperparameters are {list(accepted)}")
-        step.update({k: None for k in UNBOUNDED_WHEN_ZERO if step.get(k) == 0})
-        fixed_point = {
-            "solver_fwd": self.solver_fwd,
-            "solver_stragglers": self.solver_stragglers,
-            "solver_bwd": self.solver_bwd,
-            "tol_fwd": self.tol_fwd,
-            "tol_bwd": self.tol_bwd,
-            "gradient": self.gradient,
-            "drop_unconverged": self.drop_unconverged,
-            "on_divergence": self.on_divergence,
-        }
-        for flag, key in PLANNER_DEFAULTED.items():
-            if getattr(self, flag) is not None:
-                fixed_point[key] = getattr(self, flag)
-        return {**fixed_point, **step}
-
-    def dataset_path(self) -> Path:
-        if self.data:
-            return Path(self.data)
-        name = self.env.replace("/", "_") + (f"-size{self.size}" if self.size else "")
-        return Path(self.cache_dir) / f"{name}-{self.train}-{self.val}-{self.test}-seed{self.seed}.npz"
-
-
-def optional_float(text: str) -> float | None:
-    """A float flag that also takes 'none'."""
-    return None if text.lower() == "none" else float(text)
-
-
-def default_note(key: str, default) -> str:
-    """'default D; P V, ...' for a fixed-point setting: its default and the planners whose own defaults differ."""
-    own = [f"{name} {spec.defaults[key]}" for name, spec in PLANNERS.items() if key in spec.defaults]
-    return "; ".join([f"default {default}", *own])
-
-
-def build_parser() -> argparse.ArgumentParser:
-    defaults = RunConfig()
-    p = argparse.ArgumentParser(prog="python -m idp_agents.imitate", description=__doc__.split("\n\n")[0])
-    add = p.add_argument
-    add("--env", default=defaults.env, help="environment id, with or without the IDP/ prefix and -v0")
-    add("--size", type=int, help="map size, for ids that take one (IDP/GridMaze-v0)")
-    add("--planner", default=defaults.planner, help=f"one of {', '.join(sorted(PLANNERS))}")
-    add(
-        "--k",
-        "--k-fwd",
-        dest="k_fwd",
-        type=int,
-        help="unrolled layers, or the implicit forward solver's iteration cap "
-        f"({default_note('k_fwd', FixedPointConfig.k_fwd)})",
-    )
-    add(
-        "--k-fwd-stragglers",
-        type=int,
-        help="iterations more for the samples still above --tol-fwd after --k, solved apart from their batch "
-        f"({default_note('k_fwd_stragglers', FixedPointConfig.k_fwd_stragglers)})",
-    )
-    add(
-        "--k-bwd",
-        type=int,
-        help=f"the implicit backward solver's iteration cap ({default_note('k_bwd', FixedPointConfig.k_bwd)})",
-    )
-    add("--solver-fwd", default=defaults.solver_fwd, help="forward | anderson | broyden")
-    add(
-        "--solver-stragglers",
-        default=defaults.solver_stragglers,
-        help="the solver that continues the samples still above --tol-fwd at the cap: forward (the plain iteration, "
-        "which converges wherever the fixed point attracts) | anderson | broyden",
-    )
-    add("--solver-bwd", default=defaults.solver_bwd, help="forward | anderson | broyden")
-    add(
-        "--tol-fwd",
-        type=optional_float,
-        default=defaults.tol_fwd,
-        help="stop the forward solve at this relative residual (none: always run --k iterations)",
-    )
-    add(
-        "--tol-bwd",
-        type=optional_float,
-        default=defaults.tol_bwd,
-        help="stop the backward solve at this relative residual (none: always run --k-bwd iterations)",
-    )
-    add("--gradient", default=defaults.gradient, help="implicit (IFT backward solve) | phantom")
-    add(
-        "--jac-reg",
-        type=float,
-        help="weight of the Jacobian regulariser on every sample (default: the planner's, 0 for all)",
-    )
-    add(
-        "--jac-reg-unconverged",
-        type=float,
-        help="weight of the Jacobian regulariser on the samples whose forward solve missed --tol-fwd instead "
-        f"(default: --jac-reg; id-convgppn {PLANNERS['id-convgppn'].defaults['jac_reg_unconverged']})",
-    )
-    add(
-        "--spectral-reg",
-        type=float,
-        help="weight of the penalty relu(rho - --spectral-target)^2 on each sample's spectral radius rho at its fixed "
-        f"point (default: the planner's; id-convgppn {PLANNERS['id-convgppn'].defaults.get('spectral_reg_weight', 0)})",
-    )
-    add(
-        "--spectral-reg-unconverged",
-        type=float,
-        help="weight of that penalty on the samples whose forward solve missed --tol-fwd instead (default: "
-        "--spectral-reg)",
-    )
-    add(
-        "--spectral-target",
-        type=float,
-        help=f"spectral radius above which --spectral-reg penalises (default {FixedPointConfig.spectral_target})",
-    )
-    add(
-        "--keep-unconverged",
-        dest="drop_unconverged",
-        action="store_false",
-        help="let the samples whose forward solve missed --tol-fwd into the implicit gradient (default: left out)",
-    )
-    add(
-        "--gradient-gain-cap",
-        type=float,
-        help="scale each sample's implicit gradient w down to ||w|| <= cap ||g|| (default: the planner's, none)",
-    )
-    add(
-        "--on-divergence",
-        default=defaults.on_divergence,
-        help="when a fixed-point solve diverges: raise (stop the run) | warn (report it and go on)",
-    )
-    add("--l-h", type=int, help="VIN/SymVIN hidden channels (default 150 for VIN)")
-    add("--l-q", type=int, help="VIN/SymVIN Q channels (default 100 for VIN)")
-    add("--hidden", type=int, help="ConvGPPN hidden channels (default 40)")
-    add(
-        "--contraction",
-        type=float,
-        help="ConvGPPN: bound the hidden-gate filters so the step contracts by at most this factor (default: none)",
-    )
-    add(
-        "--cell",
-        choices=CELLS,
-        help="ConvGPPN: the recurrent cell, lstm (GPPN's own; state h and c) or gru (state h) (default lstm)",
-    )
-    add(
-        "--forget-bound",
-        type=float,
-        help="ConvGPPN LSTM: scale the forget gate into (0, this bound), so the cell state contracts (default 0.9; "
-        "1: unbounded)",
-    )
-    add("--kernel", type=int, help="Bellman step kernel size (default: VIN/SymVIN 5, ConvGPPN 3)")
-    add("--group", help="SymVIN symmetry group: c4 | d4")
-    add(
-        "--discount",
-        type=float,
-        help="VIN/SymVIN: bound on each value filter's L1 norm, which makes the step a contraction (default 0.95; "
-        "0: unbounded)",
-    )
-    add("--epochs", type=int, default=defaults.epochs)
-    add(
-        "--mapper-epochs",
-        type=int,
-        default=defaults.mapper_epochs,
-        help="envs observed through a mapper: epochs pre-training the mapper alone (BCE on the true map)",
-    )
-    add(
-        "--planner-epochs",
-        type=int,
-        default=defaults.planner_epochs,
-        help="envs observed through a mapper: epochs pre-training the planner alone on true maps",
-    )
-    add(
-        "--map-loss-weight",
-        type=float,
-        default=defaults.map_loss_weight,
-        help="weight of the mapper's BCE beside the imitation loss in end-to-end epochs",
-    )
-    add("--batch-size", type=int, default=defaults.batch_size)
-    add("--lr", type=float, default=defaults.lr, help="RMSprop learning rate")
-    add(
-        "--lr-schedule",
-        default=defaults.lr_schedule,
-        choices=LR_SCHEDULES,
-        help="late-cosine (default): lr for the first half of the epochs, then a cosine decay over the rest; "
-        "constant (the published protocol); cosine: each epoch's rate lr (1 + cos(pi e / epochs)) / 2, "
-        "e = 0, 1, ...",
-    )
-    add("--clip", type=float, default=defaults.clip, help="gradient-norm clip (<= 0: none)")
-    add("--train", type=int, default=defaults.train, help="training maps (generated when --data is not given)")
-    add("--val", type=int, default=defaults.val)
-    add("--test", type=int, default=defaults.test)
-    add("--data", help="a dataset file from python -m idp_envs.datasets (overrides the sizes)")
-    add("--cache-dir", default=defaults.cache_dir, help="where generated datasets are cached")
-    add("--device", default=defaults.device, help="auto (CUDA when present) | cpu | cuda | cuda:N")
-    add("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core)")
-    add("--seed", type=int, default=defaults.seed)
-    add("--out", default=defaults.out, help="run directory: checkpoints, metrics.csv, test_report.json")
-    add("--resume", action="store_true", help="continue from OUT/last.pt")
-    add("--eval-batch-size", type=int, default=defaults.eval_batch_size)
-    add("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    add("--no-gif", dest="gif", action="store_false", help="do not render a test episode to OUT/rollout.gif")
-    add(
-        "--memory-budget-gb",
-        type=float,
-        help="CUDA: cap the allocator at this many GB; CPU: refuse the run when the first training batch needs more",
-    )
-    return p
-
-
-# what a run had for a flag that its checkpoint predates, where that is not today's default
-BEFORE_THE_FLAG = {"lr_schedule": "constant", "solver_stragglers": "anderson"}
-# the run's flags a resumed run must share with its checkpoint; the planner's settings (PLANNER_DEFAULTED, STEP_FLAGS
-# and every other fixed-point setting) are compared as the planners they build, since a default may change between
-# versions
-COMPARED_ON_RESUME = (
-    "env",
-    "size",
-    "planner",
-    "solver_fwd",
-    "solver_stragglers",
-    "solver_bwd",
-    "gradient",
-    "batch_size",
-    "lr",
-    "lr_schedule",
-    "train",
-    "val",
-    "test",
-    "data",
-    "seed",
-    "tol_fwd",
-    "tol_bwd",
-    "drop_unconverged",
-    "clip",
-    "on_divergence",
-    "mapper_epochs",
-    "planner_epochs",
-    "map_loss_weight",
-)
 
 
 def env_kwargs(config: RunConfig) -> dict:
@@ -451,7 +132,7 @@ def run(config: RunConfig) -> dict:
 
 
 def train_and_report(config: RunConfig) -> dict:
-    config.env = resolve_env_id(config.env)
+    config = dataclasses.replace(config, env=resolve_env_id(config.env))  # the caller's config is left as it was
     planner_kwargs = config.planner_kwargs()
     device = run_device(config.device)
     rank, world = rank_and_world()
@@ -502,17 +183,13 @@ def train_and_report(config: RunConfig) -> dict:
         if not last_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
         state = load_checkpoint(last_path, map_location=device)
-        before = state["config"]["run"]
-        # a flag newer than the checkpoint compares as what that run trained with: its value before the flag
-        trained = {k: before.get(k, BEFORE_THE_FLAG.get(k, getattr(RunConfig, k))) for k in COMPARED_ON_RESUME}
-        changed = {k: (v, getattr(config, k)) for k, v in trained.items() if v != getattr(config, k)}
+        changed = resume_differences(state["config"]["run"], config)
         # the planner's settings are compared as the planners they build, not as flags: a flag left to its default
         # may have a new default since (ConvGPPN's cell and budgets), and a flag the run never had must not block it
         saved = legacy_planner_kwargs(state["config"], state["model"])
         built = resolved_planner_kwargs(planner)
-        flag_of = {key: flag for flag, key in PLANNER_DEFAULTED.items()}
         for k in sorted(k for k in built if k in saved and saved[k] != built[k]):
-            changed.setdefault(flag_of.get(k, k), (saved[k], built[k]))
+            changed.setdefault(FIELD_OF_FIXED_POINT.get(k, k), (saved[k], built[k]))
         if changed:
             settings = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
             raise ValueError(f"--resume: {last_path} was trained with other settings for {settings}")
@@ -629,53 +306,11 @@ def render_test_episode(
     )
 
 
-def check_counts(config: RunConfig) -> None:
-    """Clear errors for flags that would otherwise fail deep inside training."""
-    for name in ("batch_size", "eval_batch_size", "train", "val", "test", "k_fwd", "k_bwd"):
-        if getattr(config, name) is not None and getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
-    if config.k_fwd_stragglers is not None and config.k_fwd_stragglers < 0:
-        raise ValueError(f"--k-fwd-stragglers must be non-negative, got {config.k_fwd_stragglers}")
-    for name in ("epochs", "mapper_epochs", "planner_epochs"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(config, name)}")
-    if config.threads is not None and config.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {config.threads}")
-    finite = (
-        "lr",
-        "clip",
-        "map_loss_weight",
-        "memory_budget_gb",
-        "jac_reg",
-        "jac_reg_unconverged",
-        "spectral_reg",
-        "spectral_reg_unconverged",
-        "spectral_target",
-        "discount",
-        "contraction",
-        "forget_bound",
-    )
-    for name in finite:
-        value = getattr(config, name)
-        if value is not None and not math.isfinite(value):  # NaN passes every comparison and trains to NaN
-            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    if config.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {config.lr}")
-    if config.memory_budget_gb is not None and config.memory_budget_gb <= 0:
-        raise ValueError(f"--memory-budget-gb must be positive, got {config.memory_budget_gb}")
-    if not 0 <= config.seed < 2**32:
-        raise ValueError(f"--seed must be between 0 and 2**32 - 1, got {config.seed}")
-
-
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    config = RunConfig(**vars(args))
     try:
-        check_counts(config)
-    except ValueError as exc:
+        config = parse_config(argv, build_parser(description=__doc__.split("\n\n")[0], exit_on_error=False))
+    except (ValueError, argparse.ArgumentError) as exc:  # before any dataset is made, naming the flag
         raise SystemExit(f"error: {exc}") from exc
-    if config.clip is not None and config.clip <= 0:
-        config.clip = None
     try:
         return run(config)
     except (ValueError, FileNotFoundError, MemoryBudgetExceeded) as exc:

@@ -350,8 +350,8 @@ BAD_FLAGS = {
     "--lr nan": (["--lr", "nan"], "--lr must be a finite number"),
     "--clip nan": (["--clip", "nan"], "--clip must be a finite number"),
     "--seed -1": (["--seed", "-1"], "--seed must be between 0 and 2**32 - 1"),
-    "--solver-fwd foo": (["--solver-fwd", "foo"], "is not one of forward, anderson, broyden"),
-    "--group c8": (["--planner", "symvin", "--group", "c8"], "group must be one of ('c4', 'd4')"),
+    "--solver-fwd foo": (["--solver-fwd", "foo"], "argument --solver-fwd: invalid choice: 'foo'"),
+    "--group c8": (["--planner", "symvin", "--group", "c8"], "argument --group: invalid choice: 'c8'"),
     "--resume without a run": (["--resume", "--train", "8", "--val", "4", "--test", "4"], "no checkpoint at"),
 }
 

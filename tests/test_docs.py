@@ -4,7 +4,7 @@ import re
 import shlex
 from pathlib import Path
 
-from idp_agents import imitate
+from idp_agents.run_config import parse_config
 
 ROOT = Path(__file__).parents[1]
 
@@ -16,7 +16,7 @@ def readme_main_command() -> list[str]:
 
 
 def test_examples_default_to_the_checkpoint_the_readme_main_job_writes():
-    config = imitate.RunConfig(**vars(imitate.build_parser().parse_args(readme_main_command())))
+    config = parse_config(readme_main_command())
     written = f"{config.out}/best.pt"
     for example in ("evaluate_with_sb3.py", "render_rollout.py"):
         defaults = re.findall(r'else "([^"]+\.pt)"', (ROOT / "examples" / example).read_text())
@@ -25,5 +25,5 @@ def test_examples_default_to_the_checkpoint_the_readme_main_job_writes():
 
 def test_readme_main_command_and_the_training_example_set_one_thread():
     """On a busy machine one thread per core slows torch's CPU kernels several times over (issue 14)."""
-    assert imitate.build_parser().parse_args(readme_main_command()).threads == 1
+    assert parse_config(readme_main_command()).threads == 1
     assert '"--threads", "1"' in (ROOT / "examples" / "train_gridmaze.py").read_text()

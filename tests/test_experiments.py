@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from idp_agents import experiments, imitate
+from idp_agents.run_config import parse_config, write_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -35,7 +36,7 @@ def write_config(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("small", [False, True])
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_shipped_configs_validate_and_round_trip_to_imitate_flags(config, small):
+def test_shipped_configs_validate_and_round_trip_through_the_config_file(config, small, tmp_path):
     sweep = experiments.load_sweep(config, small=small)
     runs = sweep.runs()
     assert len(runs) == len(sweep.tasks) * len(sweep.planners) * len(sweep.k) * len(sweep.seeds)
@@ -43,9 +44,8 @@ def test_shipped_configs_validate_and_round_trip_to_imitate_flags(config, small)
     for spec in runs:
         run = experiments.run_config(sweep, spec)
         run.planner_kwargs()  # step flags the planner does not take were dropped
-        imitate.check_counts(run)
-        parsed = imitate.RunConfig(**vars(imitate.build_parser().parse_args(experiments.imitate_argv(run))))
-        assert parsed == run, spec.key
+        write_config_file(run, tmp_path / "config.json")
+        assert parse_config(["--config", str(tmp_path / "config.json")]) == run, spec.key
 
 
 def test_paper_grids():
@@ -141,7 +141,9 @@ def test_failing_subprocess_run_is_recorded_and_the_sweep_goes_on(tmp_path, caps
     statuses = experiments.run_sweep(sweep, {"threads": 1, "cache_dir": str(tmp_path / "data")})
     assert statuses == {"maze7/vin/k3/seed0": "done", "budget/vin/k3/seed0": "failed"}
     failure = json.loads((sweep.out / "budget/vin/k3/seed0/failure.json").read_text())
-    assert "does not exist" in failure["error"] and failure["command"][:2] == ["--env", "GridMaze-v0"]
+    config_file = sweep.out / "budget/vin/k3/seed0/config.json"
+    assert "does not exist" in failure["error"] and failure["command"] == ["--config", str(config_file)]
+    assert json.loads(config_file.read_text())["env"] == "GridMaze-v0"  # the run's settings, whole
     out = capsys.readouterr().out
     assert "[1/2] maze7/vin/k3/seed0: done" in out and "[2/2] budget/vin/k3/seed0: failed" in out
     assert (sweep.out / "maze7/vin/k3/seed0/command.txt").read_text().startswith("python -m idp_agents.imitate")

@@ -278,7 +278,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     "args, message",
     [
         (["--env", "Maze-3"], "unknown environment"),
-        (["--planner", "gppn"], "valid names"),
+        (["--planner", "gppn"], "invalid choice: 'gppn' \\(choose from 'convgppn'"),
         (["--planner", "convgppn", "--l-q", "3"], "does not take"),
         (["--planner", "vin", "--cell", "lstm"], "does not take"),
     ],

@@ -1,0 +1,471 @@
+"""The configuration of one training run: one typed field per setting. The command line (flags, types, choices,
+help), the checks on values, the planner's keyword arguments, what a resumed run must share with its checkpoint
+and the config file a sweep writes are all derived from the fields and their metadata, so adding a setting is
+adding a field.
+
+A field's metadata (see `setting`): ``help``; ``flags`` when its option strings are not ``--field-name``;
+``choices``; ``parse`` for a flag's text; ``minimum`` and ``positive`` bounds; ``fixed_point``, the
+`FixedPointConfig` setting it sets, and ``planner_default`` when None means the planner's own default; ``step``
+for a Bellman-step hyperparameter (passed only to planners that take it), with ``unbounded_when_zero`` for a bound
+that 0 switches off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from idp_agents.epochs import LR_SCHEDULES
+from idp_agents.implicit import DIVERGENCE_POLICIES, FORWARD_DTYPES, GRADIENTS, FixedPointConfig
+from idp_agents.planners import FIXED_POINT_KEYS, PLANNERS, step_hyperparameters
+from idp_agents.planners.convgppn import CELLS
+from idp_agents.planners.symvin import GROUP_ORDERS
+from idp_agents.solvers import SOLVERS
+from idp_envs.files import atomic_write
+
+# settings a resumed run may change: where and how it runs, how long, what it prints; every other field must match
+# its checkpoint (the planner's settings compared as the planners they build, since a default may change between
+# versions)
+CHANGEABLE_ON_RESUME = (
+    "epochs",
+    "cache_dir",
+    "device",
+    "threads",
+    "out",
+    "resume",
+    "eval_batch_size",
+    "progress",
+    "gif",
+    "memory_budget_gb",
+)
+# what a run had for a setting that its checkpoint predates, where that is not today's default
+BEFORE_THE_FLAG = {"lr_schedule": "constant", "solver_stragglers": "anderson"}
+
+
+def optional_float(text: str) -> float | None:
+    """A float flag that also takes 'none'."""
+    return None if text.lower() == "none" else float(text)
+
+
+def setting(default, help: str = "", **metadata):
+    """A RunConfig field: its default, its help line and the metadata listed in the module docstring."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def planner_note(key: str) -> str:
+    """'default D; P V, ...' for a fixed-point setting: its default and the planners whose own defaults differ."""
+    own = [f"{name} {spec.defaults[key]}" for name, spec in PLANNERS.items() if key in spec.defaults]
+    return "; ".join([f"default {getattr(FixedPointConfig, key)}", *own])
+
+
+SOLVER_NAMES = tuple(sorted(SOLVERS))
+
+
+@dataclass
+class RunConfig:
+    """One training run; every field is a command-line flag, checked when the config is built."""
+
+    env: str = setting("IDP/GridMaze-15-v0", "environment id, with or without the IDP/ prefix and -v0")
+    size: int | None = setting(None, "map size, for ids that take one (IDP/GridMaze-v0)", minimum=1)
+    planner: str = setting("id-vin", "the planner", choices=tuple(sorted(PLANNERS)))
+    # fixed-point settings
+    k_fwd: int | None = setting(
+        None,
+        f"unrolled layers, or the implicit forward solver's iteration cap ({planner_note('k_fwd')})",
+        flags=("--k-fwd", "--k"),
+        minimum=1,
+        fixed_point="k_fwd",
+        planner_default=True,
+    )
+    k_fwd_stragglers: int | None = setting(
+        None,
+        "iterations more for the samples still above --tol-fwd after --k, solved apart from their batch "
+        f"({planner_note('k_fwd_stragglers')})",
+        minimum=0,
+        fixed_point="k_fwd_stragglers",
+        planner_default=True,
+    )
+    k_bwd: int | None = setting(
+        None,
+        f"the implicit backward solver's iteration cap ({planner_note('k_bwd')})",
+        minimum=1,
+        fixed_point="k_bwd",
+        planner_default=True,
+    )
+    solver_fwd: str = setting(
+        FixedPointConfig.solver_fwd, "the implicit forward solver", choices=SOLVER_NAMES, fixed_point="solver_fwd"
+    )
+    solver_stragglers: str = setting(
+        FixedPointConfig.solver_stragglers,
+        "the solver that continues the samples still above --tol-fwd at the cap: forward (the plain iteration, "
+        "which converges wherever the fixed point attracts) | anderson | broyden",
+        choices=SOLVER_NAMES,
+        fixed_point="solver_stragglers",
+    )
+    solver_bwd: str = setting(
+        FixedPointConfig.solver_bwd, "the implicit backward solver", choices=SOLVER_NAMES, fixed_point="solver_bwd"
+    )
+    tol_fwd: float | None = setting(
+        FixedPointConfig.tol_fwd,
+        "stop the forward solve at this relative residual (none: always run --k iterations)",
+        parse=optional_float,
+        minimum=0,
+        fixed_point="tol_fwd",
+    )
+    tol_bwd: float | None = setting(
+        FixedPointConfig.tol_bwd,
+        "stop the backward solve at this relative residual (none: always run --k-bwd iterations)",
+        parse=optional_float,
+        minimum=0,
+        fixed_point="tol_bwd",
+    )
+    gradient: str = setting(
+        FixedPointConfig.gradient,
+        "implicit (the IFT backward solve) | phantom (a few damped steps from the fixed point)",
+        choices=GRADIENTS,
+        fixed_point="gradient",
+    )
+    phantom_steps: int | None = setting(
+        None,
+        f"--gradient phantom: damped steps differentiated ({planner_note('phantom_steps')})",
+        minimum=1,
+        fixed_point="phantom_steps",
+        planner_default=True,
+    )
+    phantom_damping: float | None = setting(
+        None,
+        f"--gradient phantom: each step's damping lambda ({planner_note('phantom_damping')})",
+        positive=True,
+        fixed_point="phantom_damping",
+        planner_default=True,
+    )
+    jac_reg: float | None = setting(
+        None,
+        "weight of the Jacobian regulariser on every sample (default: the planner's, 0 for all)",
+        minimum=0,
+        fixed_point="jac_reg_weight",
+        planner_default=True,
+    )
+    jac_reg_unconverged: float | None = setting(
+        None,
+        "weight of the Jacobian regulariser on the samples whose forward solve missed --tol-fwd instead "
+        f"(default: --jac-reg; id-convgppn {PLANNERS['id-convgppn'].defaults['jac_reg_unconverged']})",
+        minimum=0,
+        fixed_point="jac_reg_unconverged",
+        planner_default=True,
+    )
+    jac_reg_every: int | None = setting(
+        None,
+        f"apply the regularisers every this many training steps ({planner_note('jac_reg_every')})",
+        minimum=1,
+        fixed_point="jac_reg_every",
+        planner_default=True,
+    )
+    spectral_reg: float | None = setting(
+        None,
+        "weight of the penalty relu(rho - --spectral-target)^2 on each sample's spectral radius rho at its fixed "
+        f"point (default: the planner's; id-convgppn {PLANNERS['id-convgppn'].defaults.get('spectral_reg_weight', 0)})",
+        minimum=0,
+        fixed_point="spectral_reg_weight",
+        planner_default=True,
+    )
+    spectral_reg_unconverged: float | None = setting(
+        None,
+        "weight of that penalty on the samples whose forward solve missed --tol-fwd instead (default: --spectral-reg)",
+        minimum=0,
+        fixed_point="spectral_reg_unconverged",
+        planner_default=True,
+    )
+    spectral_target: float | None = setting(
+        None,
+        f"spectral radius above which --spectral-reg penalises ({planner_note('spectral_target')})",
+        fixed_point="spectral_target",
+        planner_default=True,
+    )
+    spectral_iterations: int | None = setting(
+        None,
+        f"power-iteration steps of each spectral-radius estimate ({planner_note('spectral_iterations')})",
+        minimum=1,
+        fixed_point="spectral_iterations",
+        planner_default=True,
+    )
+    drop_unconverged: bool = setting(
+        FixedPointConfig.drop_unconverged,
+        "let the samples whose forward solve missed --tol-fwd into the implicit gradient (default: left out)",
+        flags=("--keep-unconverged",),
+        fixed_point="drop_unconverged",
+    )
+    gradient_gain_cap: float | None = setting(
+        None,
+        "scale each sample's implicit gradient w down to ||w|| <= cap ||g|| (default: the planner's, none)",
+        positive=True,
+        fixed_point="gradient_gain_cap",
+        planner_default=True,
+    )
+    on_divergence: str = setting(
+        FixedPointConfig.on_divergence,
+        "when a fixed-point solve diverges: raise (stop the run) | warn (report it and go on)",
+        choices=DIVERGENCE_POLICIES,
+        fixed_point="on_divergence",
+    )
+    forward_dtype: str | None = setting(
+        None,
+        "run the implicit forward solve's steps in this dtype (meant for CUDA; default: the state's)",
+        choices=tuple(FORWARD_DTYPES),
+        fixed_point="forward_dtype",
+        planner_default=True,
+    )
+    # the Bellman step
+    l_h: int | None = setting(None, "VIN/SymVIN hidden channels (default 150 for VIN)", minimum=1, step=True)
+    l_q: int | None = setting(None, "VIN/SymVIN Q channels (default 100 for VIN)", minimum=1, step=True)
+    hidden: int | None = setting(None, "ConvGPPN hidden channels (default 40)", minimum=1, step=True)
+    kernel: int | None = setting(
+        None, "Bellman step kernel size (default: VIN/SymVIN 5, ConvGPPN 3)", minimum=1, step=True
+    )
+    group: str | None = setting(None, "SymVIN symmetry group", choices=tuple(GROUP_ORDERS), step=True)
+    discount: float | None = setting(
+        None,
+        "VIN/SymVIN: bound on each value filter's L1 norm, which makes the step a contraction (default 0.95; "
+        "0: unbounded)",
+        minimum=0,
+        step=True,
+        unbounded_when_zero=True,
+    )
+    contraction: float | None = setting(
+        None,
+        "ConvGPPN: bound the hidden-gate filters so the step contracts by at most this factor (default: none; 0: none)",
+        minimum=0,
+        step=True,
+        unbounded_when_zero=True,
+    )
+    cell: str | None = setting(
+        None,
+        "ConvGPPN: the recurrent cell, lstm (GPPN's own; state h and c) or gru (state h) (default lstm)",
+        choices=CELLS,
+        step=True,
+    )
+    forget_bound: float | None = setting(
+        None,
+        "ConvGPPN LSTM: scale the forget gate into (0, this bound), so the cell state contracts (default 0.9; "
+        "1: unbounded)",
+        positive=True,
+        step=True,
+    )
+    # training
+    epochs: int = setting(6, "training epochs (end to end, with a mapper)", minimum=0)
+    mapper_epochs: int = setting(
+        2, "envs observed through a mapper: epochs pre-training the mapper alone (BCE on the true map)", minimum=0
+    )
+    planner_epochs: int = setting(
+        2, "envs observed through a mapper: epochs pre-training the planner alone on true maps", minimum=0
+    )
+    map_loss_weight: float = setting(
+        1.0, "weight of the mapper's BCE beside the imitation loss in end-to-end epochs", minimum=0
+    )
+    batch_size: int = setting(32, "training maps per step", minimum=1)
+    lr: float = setting(1e-3, "RMSprop learning rate", positive=True)
+    lr_schedule: str = setting(
+        "late-cosine",
+        "late-cosine (default): lr for the first half of the epochs, then a cosine decay over the rest; "
+        "constant (the published protocol); cosine: each epoch's rate lr (1 + cos(pi e / epochs)) / 2, "
+        "e = 0, 1, ...",
+        choices=LR_SCHEDULES,
+    )
+    clip: float | None = setting(40.0, "gradient-norm clip (<= 0: none)")
+    # data
+    train: int = setting(2000, "training maps (generated when --data is not given)", minimum=1)
+    val: int = setting(200, "validation maps", minimum=1)
+    test: int = setting(500, "test maps", minimum=1)
+    data: str | None = setting(None, "a dataset file from python -m idp_envs.datasets (overrides the sizes)")
+    cache_dir: str = setting("data", "where generated datasets are cached")
+    # where and how
+    device: str = setting("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
+    threads: int | None = setting(None, "CPU threads for torch (default: torch's choice, one per core)", minimum=1)
+    seed: int = setting(0, "seed of the dataset, the initialisation and the batches")
+    out: str = setting("runs/latest", "run directory: checkpoints, metrics.csv, test_report.json")
+    resume: bool = setting(False, "continue from OUT/last.pt")
+    eval_batch_size: int = setting(128, "maps per evaluation batch", minimum=1)
+    progress: bool = setting(True, "no progress bars")
+    gif: bool = setting(True, "do not render a test episode to OUT/rollout.gif")
+    memory_budget_gb: float | None = setting(
+        None,
+        "CUDA: cap the allocator at this many GB; CPU: refuse the run when the first training batch needs more",
+        positive=True,
+    )
+
+    def __post_init__(self) -> None:
+        if self.clip is not None and self.clip <= 0:
+            self.clip = None
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the flag of the first invalid setting: before any dataset is made."""
+        for f in dataclasses.fields(self):
+            value, meta, flag = getattr(self, f.name), f.metadata, flag_of(f)
+            if value is None:
+                continue
+            if meta.get("choices") and value not in meta["choices"]:
+                raise ValueError(f"{flag} {value!r}: choose one of {', '.join(map(str, meta['choices']))}")
+            if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison, trains to NaN
+                raise ValueError(f"{flag} must be a finite number, got {value}")
+            if meta.get("minimum") is not None and value < meta["minimum"]:
+                raise ValueError(f"{flag} must be at least {meta['minimum']}, got {value}")
+            if meta.get("positive") and value <= 0:
+                raise ValueError(f"{flag} must be positive, got {value}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}")
+        kwargs = self.planner_kwargs()
+        fixed_point = {**PLANNERS[self.planner].defaults, **kwargs}
+        try:
+            FixedPointConfig(**{k: v for k, v in fixed_point.items() if k in FIXED_POINT_KEYS})
+        except ValueError as exc:  # name the flag, not the internal field
+            raise ValueError(
+                re.sub(r"FixedPointConfig\.(\w+)", lambda m: FLAG_OF_FIXED_POINT[m[1]], str(exc))
+            ) from None
+
+    def planner_kwargs(self) -> dict:
+        """Fixed-point settings and the step hyperparameters that were set; the rest keep the planner's defaults.
+
+        A bound (``discount``, ``contraction``) of 0 asks for the unbounded step."""
+        accepted = step_hyperparameters(PLANNERS[self.planner].step)
+        kwargs, rejected = {}, []
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if meta.get("fixed_point") and (value is not None or not meta.get("planner_default")):
+                kwargs[meta["fixed_point"]] = value
+            elif meta.get("step") and value is not None:
+                if f.name not in accepted:
+                    rejected.append(f.name)
+                kwargs[f.name] = None if meta.get("unbounded_when_zero") and value == 0 else value
+        if rejected:
+            raise ValueError(f"{self.planner} does not take {rejected}; its hyperparameters are {list(accepted)}")
+        return kwargs
+
+    def dataset_path(self) -> Path:
+        if self.data:
+            return Path(self.data)
+        name = self.env.replace("/", "_") + (f"-size{self.size}" if self.size else "")
+        return Path(self.cache_dir) / f"{name}-{self.train}-{self.val}-{self.test}-seed{self.seed}.npz"
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+STEP_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata.get("step"))
+# a FixedPointConfig setting -> the RunConfig field that sets it
+FIELD_OF_FIXED_POINT = {f.metadata["fixed_point"]: f.name for f in FIELDS.values() if f.metadata.get("fixed_point")}
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The option string that names a field in messages: its first flag."""
+    return option_strings(f)[0]
+
+
+def option_strings(f: dataclasses.Field) -> tuple[str, ...]:
+    if f.metadata.get("flags"):
+        return f.metadata["flags"]
+    name = f.name.replace("_", "-")
+    if f.type in ("bool", bool) and f.default:
+        return (f"--no-{name}",)
+    return (f"--{name}",)
+
+
+FLAG_OF_FIXED_POINT = {key: flag_of(FIELDS[name]) for key, name in FIELD_OF_FIXED_POINT.items()}
+
+
+def value_type(annotation) -> type:
+    """int for ``int | None``, and so on."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if isinstance(annotation, types.UnionType) else annotation
+
+
+def build_parser(
+    prog: str = "python -m idp_agents.imitate",
+    description: str | None = None,
+    exit_on_error: bool = True,
+    cls: type[RunConfig] = RunConfig,
+) -> argparse.ArgumentParser:
+    """The command line of `RunConfig` (or of ``cls``, a dataclass extending it): one flag per field, and
+    ``--config`` to start from a config file. With ``exit_on_error=False`` a bad value raises
+    argparse.ArgumentError (naming its flag) instead of exiting."""
+    p = argparse.ArgumentParser(prog=prog, description=description, exit_on_error=exit_on_error)
+    p.add_argument(
+        "--config",
+        help="a run's config file (JSON, as a sweep writes it): its settings replace the defaults, and flags given "
+        "beside it override them",
+    )
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f.name
+        kwargs = {"dest": name, "default": f.default, "help": f.metadata["help"]}
+        if hints[name] is bool:
+            kwargs["action"] = "store_false" if f.default else "store_true"
+        else:
+            kwargs["type"] = f.metadata.get("parse") or value_type(hints[name])
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        p.add_argument(*option_strings(f), **kwargs)
+    return p
+
+
+def parse_config(
+    argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None, cls: type[RunConfig] = RunConfig
+) -> RunConfig:
+    """The config a command line asks for (``--config FILE`` first, then the flags); a bad value raises
+    ValueError naming its flag."""
+    parser = parser or build_parser(cls=cls)
+    given, _ = parser.parse_known_args(argv)
+    if given.config:
+        parser.set_defaults(**read_config_file(given.config, cls))
+    values = vars(parser.parse_args(argv))
+    values.pop("config")
+    return cls(**values)
+
+
+def write_config_file(config: RunConfig, path: Path) -> None:
+    """``config`` as JSON, written atomically: ``python -m idp_agents.imitate --config PATH`` runs it."""
+    with atomic_write(Path(path)) as f:
+        f.write((json.dumps(dataclasses.asdict(config), indent=2) + "\n").encode())
+
+
+def read_config_file(path: str | Path, cls: type[RunConfig] = RunConfig) -> dict:
+    """The settings of a config file, checked to be fields of ``cls``."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--config {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--config {path} is not a JSON config file ({exc})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path} holds {type(values).__name__}, not a mapping of settings")
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"--config {path}: {unknown} are not settings of a run")
+    return values
+
+
+def compared_on_resume(cls: type[RunConfig] = RunConfig) -> tuple[str, ...]:
+    """The fields a resumed run must share with its checkpoint as values: all but `CHANGEABLE_ON_RESUME` and the
+    planner's settings that default to the planner's own or are the step's (compared as the planners they build)."""
+    return tuple(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in CHANGEABLE_ON_RESUME and not f.metadata.get("planner_default") and not f.metadata.get("step")
+    )
+
+
+def resume_differences(saved_run: dict, config: RunConfig) -> dict[str, tuple]:
+    """Field -> (the checkpoint's value, today's) for every compared field that differs; a field newer than the
+    checkpoint compares as what that run trained with (`BEFORE_THE_FLAG`, else today's default)."""
+    changed = {}
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name in compared_on_resume(type(config)):
+        before = saved_run.get(name, BEFORE_THE_FLAG.get(name, defaults[name]))
+        if before != getattr(config, name):
+            changed[name] = (before, getattr(config, name))
+    return changed

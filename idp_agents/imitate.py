@@ -45,7 +45,7 @@ from idp_agents.epochs import (
 from idp_agents.mappers import make_mapper, mapper_input_key
 from idp_agents.planners import FIXED_POINT_KEYS, make_planner, step_hyperparameters
 from idp_agents.policy import PlannerPolicy, legacy_planner_kwargs
-from idp_agents.run_config import FIELD_OF_FIXED_POINT, RunConfig, build_parser, parse_config, resume_differences
+from idp_agents.run_config import FIELD_OF_FIXED_POINT, RunConfig
 from idp_agents.run_files import (
     check_free_space,
     fixed_point_line,
@@ -56,6 +56,7 @@ from idp_agents.run_files import (
     tensorboard_writer,
     write_metrics_csv,
 )
+from idp_agents.run_flags import build_parser, parse_config, resume_differences
 from idp_agents.step_cost import MemoryBudgetExceeded, apply_memory_budget
 from idp_envs import resolve_env_id, size_kwargs, view_store, views
 from idp_envs.datasets import (

@@ -437,7 +437,7 @@ def test_ctrl_c_in_the_commands_says_how_to_continue(tmp_path, monkeypatch, caps
     assert exc.value.code == 130 and "rerun the command" in capsys.readouterr().err
     assert not (tmp_path / "d.npz").exists()
 
-    monkeypatch.setattr(experiments, "run_sweep", interrupt)
+    monkeypatch.setattr(experiments.cli, "run_sweep", interrupt)
     with pytest.raises(SystemExit) as exc:
         experiments.main(
             [

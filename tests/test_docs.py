@@ -4,7 +4,7 @@ import re
 import shlex
 from pathlib import Path
 
-from idp_agents.run_config import parse_config
+from idp_agents.run_flags import parse_config
 
 ROOT = Path(__file__).parents[1]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from idp_agents import experiments, imitate
-from idp_agents.run_config import parse_config, write_config_file
+from idp_agents.run_flags import parse_config, write_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "experiments").glob("*.yaml"))

@@ -7,15 +7,13 @@ import pytest
 
 from idp_agents import imitate
 from idp_agents.planners import FIXED_POINT_KEYS, make_planner
-from idp_agents.run_config import (
+from idp_agents.run_config import FIELD_OF_FIXED_POINT, RunConfig, setting
+from idp_agents.run_flags import (
     CHANGEABLE_ON_RESUME,
-    FIELD_OF_FIXED_POINT,
-    RunConfig,
     build_parser,
     compared_on_resume,
     parse_config,
     resume_differences,
-    setting,
     write_config_file,
 )
 

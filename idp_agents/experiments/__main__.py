@@ -1,0 +1,3 @@
+from idp_agents.experiments.cli import main
+
+main()

@@ -3,15 +3,11 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 from matplotlib.path import Path
 
-import idp_envs
 from idp_envs import render
 from idp_envs.datasets import generate_splits, load_dataset, save_dataset
 from idp_envs.envs import arm
-
-ARM_IDS = ["IDP/Arm2DOF-CSpace-18-v0", "IDP/Arm2DOF-CSpace-36-v0", "IDP/Arm2DOF-Workspace-v0"]
 
 
 def scenes(n: int, seed: int, max_obstacles: int = 5):
@@ -207,19 +203,6 @@ def test_bad_geometry_input_is_rejected():
         arm.arm_task([np.zeros((2, 2))], goal=(0, 0), start=(0, 1))
     with pytest.raises(ValueError, match="bins"):
         gym.make("IDP/Arm2DOF-CSpace-18-v0", bins=3)
-
-
-@pytest.mark.parametrize("env_id", ARM_IDS)
-def test_check_env_and_expert_episode(env_id):
-    assert env_id in idp_envs.registered_ids()
-    env = gym.make(env_id, render_mode="rgb_array")
-    check_env(env.unwrapped, skip_render_check=False)
-    obs, info = env.reset(seed=11)
-    distance = info["distance"]
-    for _ in range(distance):
-        obs, reward, terminated, truncated, info = env.step(info["expert_action"])
-    assert terminated and reward == 1.0 and info["distance"] == 0
-    env.close()
 
 
 def test_workspace_env_hides_the_cspace_but_labels_it():

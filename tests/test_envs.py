@@ -1,5 +1,7 @@
 """Environments: every registered id passes Gymnasium's checker, plays seeded episodes, validates user tasks."""
 
+import pickle
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -21,15 +23,16 @@ MAZE = np.array(
 )
 
 
-def test_every_maze_size_is_registered():
-    for size in (15, 27, 49, 75):
-        assert f"IDP/GridMaze-{size}-v0" in ALL_IDS
-    assert "IDP/GridMaze-v0" in ALL_IDS
+def test_every_env_of_the_library_is_registered():
+    expected = {f"IDP/GridMaze-{size}-v0" for size in (15, 27, 49, 75)} | {"IDP/GridMaze-v0"}
+    expected |= {"IDP/VisualMaze-15-v0", "IDP/VisualMaze-v0", "IDP/Arm2DOF-Workspace-v0"}
+    expected |= {"IDP/Arm2DOF-CSpace-18-v0", "IDP/Arm2DOF-CSpace-36-v0"}
+    assert set(ALL_IDS) == expected
 
 
 @pytest.mark.parametrize("env_id", ALL_IDS)
 def test_check_env(env_id):
-    env = gym.make(env_id)
+    env = gym.make(env_id, render_mode="rgb_array")
     check_env(env.unwrapped, skip_render_check=False)
     env.close()
 
@@ -66,16 +69,68 @@ def test_any_odd_size():
         gym.make("IDP/GridMaze-v0", size=20)
 
 
-def test_seeded_resets_are_deterministic():
-    a, b = gym.make("IDP/GridMaze-15-v0"), gym.make("IDP/GridMaze-15-v0")
-    for seed in (0, 1, 2):
-        oa, _ = a.reset(seed=seed)
-        ob, _ = b.reset(seed=seed)
-        for key in oa:
-            assert np.array_equal(oa[key], ob[key])
-    o1, _ = a.reset(seed=0)
-    o2, _ = a.reset(seed=1)
-    assert not np.array_equal(o1["occupancy"], o2["occupancy"])
+def play(env, seed: int, steps: int = 4) -> list:
+    """The observations, rewards and frames of a seeded reset and a few expert steps."""
+    obs, info = env.reset(seed=seed)
+    trace = [obs, env.render()]
+    for _ in range(steps):
+        obs, reward, terminated, truncated, info = env.step(info["expert_action"])
+        trace += [obs, reward, env.render()]
+        if terminated or truncated:
+            break
+    return trace
+
+
+def same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    return np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_seeded_episodes_are_deterministic_and_seeds_differ(env_id):
+    a, b = gym.make(env_id, render_mode="rgb_array"), gym.make(env_id, render_mode="rgb_array")
+    first, again = play(a, 0), play(b, 0)
+    assert len(first) == len(again) and all(same(x, y) for x, y in zip(first, again, strict=True))
+    other = play(a, 1)
+    assert not same(first[0], other[0])  # another seed, another task
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_rgb_array_frames_show_the_agent_move(env_id):
+    env = gym.make(env_id, render_mode="rgb_array")
+    obs, info = env.reset(seed=2)
+    before = env.render()
+    assert before.dtype == np.uint8 and before.ndim == 3 and before.shape[2] == 3 and before.std() > 0
+    env.step(info["expert_action"])
+    assert not np.array_equal(env.render(), before)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_a_pickled_env_plays_on_as_the_original(env_id):
+    env = gym.make(env_id, render_mode="rgb_array")
+    env.reset(seed=4)
+    copy = pickle.loads(pickle.dumps(env))
+    for x, y in zip(play_on(env), play_on(copy), strict=True):
+        assert same(x, y)
+    env.close()
+    copy.close()
+
+
+def play_on(env, steps: int = 3) -> list:
+    """The observations and frames of a few expert steps from wherever the env stands."""
+    trace = []
+    action = env.unwrapped.expert_policy()[:, *env.unwrapped.position].argmax()
+    for _ in range(steps):
+        obs, reward, terminated, truncated, info = env.step(int(action))
+        trace += [obs, reward, env.render()]
+        if terminated or truncated:
+            break
+        action = info["expert_action"]
+    return trace
 
 
 def test_rewards_and_truncation():

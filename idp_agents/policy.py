@@ -80,7 +80,8 @@ class PlannerPolicy:
     The plan of an observed (map, goal) pair is cached, so an episode runs the planner once, not once per step;
     the cache empties itself when the weights change. ``predict`` follows SB3: batched observations in, batched
     actions out, a single observation gives a single action; ``deterministic=True`` takes the argmax, otherwise an
-    action is sampled from the softmax (SB3's evaluate_policy asks for deterministic actions by default).
+    action is sampled from the softmax with the policy's own generator ``rng`` (a seed or a numpy Generator; SB3's
+    evaluate_policy asks for deterministic actions by default).
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class PlannerPolicy:
         mapper: torch.nn.Module | None = None,
         mapper_input: str | None = None,
         cache_size: int = 256,
+        rng: np.random.Generator | int | None = None,
     ):
         if (mapper is None) != (mapper_input is None):
             raise ValueError("a mapper needs the observation key it reads (mapper_input), and vice versa")
@@ -103,6 +105,7 @@ class PlannerPolicy:
         self._weights_version: tuple = ()
         self._cache: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.config: dict = {}
+        self.rng = np.random.default_rng(rng)
 
     @classmethod
     def load(cls, path, device: str | torch.device = "cpu") -> PlannerPolicy:
@@ -200,5 +203,5 @@ class PlannerPolicy:
         else:
             p = np.exp(scores - scores.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
-            actions = (p.cumsum(axis=1) < np.random.random((len(p), 1))).sum(axis=1).clip(0, 3)
+            actions = (p.cumsum(axis=1) < self.rng.random((len(p), 1))).sum(axis=1).clip(0, 3)
         return (actions if batched else actions[0]), state

@@ -228,6 +228,9 @@ def test_workspace_env_plays_user_tasks_and_rejects_tasks_without_a_workspace():
     polygons_only = dict(no_image, extras={k: task.extras[k] for k in ("obstacle_vertices", "obstacle_counts")})
     obs, _ = env.reset(options={"task": polygons_only})
     assert np.array_equal(obs["workspace"], task.extras["workspace"])
+    assert "workspace" not in env.task.extras  # rasterised for the env, the task left as it was given
+    env.step(0)
+    assert np.array_equal(env.observation()["workspace"], task.extras["workspace"])
 
 
 def test_rendering_shows_arm_beside_cspace():

@@ -394,15 +394,18 @@ class ArmCSpaceEnv(GridPlanningEnv):
         return sample_arm_tasks(n, self.bins, rng, self.max_obstacles)
 
     def workspace_image(self) -> np.ndarray | None:
-        """The current task's (96, 96) workspace image, rasterised from its polygons if only those are given."""
+        """The current task's (96, 96) workspace image, rasterised from its polygons if only those are given (once
+        per task: the env keeps it, the task is left as it was given)."""
         extras = self.task.extras
         if "workspace" in extras:
             return np.asarray(extras["workspace"], dtype=np.uint8)
-        if "obstacle_vertices" in extras and "obstacle_counts" in extras:
+        if "obstacle_vertices" not in extras or "obstacle_counts" not in extras:
+            return None
+        task, image = getattr(self, "_rasterised", (None, None))
+        if task is not self.task:
             image = rasterise_workspace(extras["obstacle_vertices"][None], extras["obstacle_counts"][None])[0]
-            extras["workspace"] = image
-            return image
-        return None
+            self._rasterised = (self.task, image)
+        return image
 
     def render_frame(self) -> np.ndarray:
         """The workspace (the arm, its goal pose faint, the obstacles) beside the C-space, whose margin shows what

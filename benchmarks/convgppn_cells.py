@@ -40,7 +40,7 @@ def no_grad_steps(step, ctx, z, repeats: int = 30) -> None:
 
 
 def plain_no_grad_steps(step, ctx, z) -> None:
-    with plain_steps():
+    with plain_steps(step):
         no_grad_steps(step, ctx, z)
 
 

@@ -1,6 +1,6 @@
 """What an unrolled VIN / SymVIN keeps for backward, and its training-step time, for three ways of taking the max
 over Q: the default (VIN: ``bellman_max``, one op with an argmax-sparse backward; SymVIN: a dense convolution and
-``channel_max``), and on the plain path (``plain_steps``) a dense convolution followed by ``channel_max`` (argmax
+``channel_max``), and on the plain path (``step.fused = False``) a dense convolution followed by ``channel_max`` (argmax
 only) or by ``amax`` (keeps Q, as the published code).
 
 Counts the distinct storages autograd saves during one forward of default-size planners on 8 random maps (15x15
@@ -15,7 +15,6 @@ swapping the plain steps' max function in):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 
@@ -26,31 +25,35 @@ import idp_agents.planners.vin as vin
 from benchmarks.bench_planners import peak_memory_bytes
 from idp_agents.planners import make_planner
 from idp_agents.planners.base import channel_max
-from idp_agents.planners.fused import plain_steps
 from idp_agents.training import autograd_saved_bytes
 
 PLANNERS = ("vin", "symvin")
 
 
-def saved_mib(name: str, k: int, size: int) -> float:
-    """MiB autograd keeps for backward after one forward of the unrolled planner."""
+def unrolled(name: str, k: int, fused: bool):
+    """The unrolled planner, seeded; on its plain path (dense convolution, then the max) unless ``fused``."""
     torch.manual_seed(0)
     planner = make_planner(name, k_fwd=k)
+    planner.step.fused = fused
+    return planner
+
+
+def saved_mib(name: str, k: int, size: int, fused: bool) -> float:
+    """MiB autograd keeps for backward after one forward of the unrolled planner."""
+    planner = unrolled(name, k, fused)
     return autograd_saved_bytes(lambda: planner(torch.rand(8, 2, size, size))) / 2**20
 
 
-def peak_mib(name: str, k: int, size: int) -> float:
+def peak_mib(name: str, k: int, size: int, fused: bool) -> float:
     """Peak MiB above the start during one forward + backward of the unrolled planner."""
-    torch.manual_seed(0)
-    planner = make_planner(name, k_fwd=k)
+    planner = unrolled(name, k, fused)
     labels = torch.randint(0, 4, (8, size, size))
     return peak_memory_bytes(planner, torch.rand(8, 2, size, size), labels) / 2**20
 
 
-def step_ms(name: str, k: int, size: int, repeats: int = 5) -> float:
+def step_ms(name: str, k: int, size: int, fused: bool, repeats: int = 5) -> float:
     """Median milliseconds of one forward + backward of the unrolled planner."""
-    torch.manual_seed(0)
-    planner = make_planner(name, k_fwd=k)
+    planner = unrolled(name, k, fused)
     maps = torch.rand(8, 2, size, size)
     times = []
     for _ in range(repeats + 1):
@@ -67,13 +70,13 @@ def measure(variant: str, ks: list[int], size: int) -> dict[tuple[str, int], tup
     """(saved MiB, peak MiB, step ms) per (planner, K) with the max over Q taken by ``variant``."""
     max_function = VARIANTS[variant]
     vin.channel_max = symvin.channel_max = max_function or channel_max
+    fused = max_function is None  # the other variants replace the plain path's max
     try:
-        with plain_steps() if max_function is not None else contextlib.nullcontext():
-            return {
-                (name, k): (saved_mib(name, k, size), peak_mib(name, k, size), step_ms(name, k, size))
-                for name in PLANNERS
-                for k in ks
-            }
+        return {
+            (name, k): (saved_mib(name, k, size, fused), peak_mib(name, k, size, fused), step_ms(name, k, size, fused))
+            for name in PLANNERS
+            for k in ks
+        }
     finally:
         vin.channel_max = symvin.channel_max = channel_max
 

@@ -156,6 +156,7 @@ def train_and_report(config: RunConfig) -> dict:
     probe.close()
     data = {name: split_data(splits[name], input_key, device) for name in ("train", "val", "test")}
     planner = make_planner(config.planner, topology=topology, **planner_kwargs).to(device)
+    planner.step.fused, planner.step.compile = config.fused, config.compile
     mapper = make_mapper(input_key, shape).to(device) if input_key else None
     params = list(planner.parameters()) + (list(mapper.parameters()) if mapper is not None else [])
     optimizer = torch.optim.RMSprop(params, lr=config.lr)

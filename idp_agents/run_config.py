@@ -22,6 +22,7 @@ from idp_agents.epochs import LR_SCHEDULES
 from idp_agents.implicit import DIVERGENCE_POLICIES, FORWARD_DTYPES, GRADIENTS, FixedPointConfig
 from idp_agents.planners import FIXED_POINT_KEYS, PLANNERS, step_hyperparameters
 from idp_agents.planners.convgppn import CELLS
+from idp_agents.planners.fused import COMPILE_CHOICES
 from idp_agents.planners.symvin import GROUP_ORDERS
 from idp_agents.solvers import SOLVERS
 
@@ -234,6 +235,14 @@ class RunConfig:
         "1: unbounded)",
         positive=True,
         step=True,
+    )
+    fused: bool = setting(
+        True, "run every step on its plain (reference) path instead of its fused kernels", flags=("--plain-steps",)
+    )
+    compile: str = setting(
+        "auto",
+        "torch.compile the fused kernels: auto (on CUDA only; no faster on a 2-core CPU) | 1 (everywhere) | 0 (never)",
+        choices=COMPILE_CHOICES,
     )
     # training
     epochs: int = setting(6, "training epochs (end to end, with a mapper)", minimum=0)

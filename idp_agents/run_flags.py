@@ -27,6 +27,8 @@ CHANGEABLE_ON_RESUME = (
     "progress",
     "gif",
     "memory_budget_gb",
+    "fused",
+    "compile",
 )
 # what a run had for a setting that its checkpoint predates, where that is not today's default
 BEFORE_THE_FLAG = {"lr_schedule": "constant", "solver_stragglers": "anderson"}

@@ -82,7 +82,7 @@ def test_one_fused_step_equals_the_plain_step(name, kwargs, topology):
         ctx = planner.step.encode(maps)
         z = torch.randn_like(planner.step.initial_state(ctx))
         fused_out = planner.step(z, ctx)
-        with plain_steps():
+        with plain_steps(planner):
             plain_out = planner.step(z, ctx)
     assert fused_out.shape == z.shape
     assert close(fused_out, plain_out, 1e-5)
@@ -94,7 +94,7 @@ def test_fused_and_plain_solves_reach_the_same_fixed_point(name, kwargs):
     maps = random_maps(4, 11, 11, seed=1)
     with torch.no_grad():
         fused_out = planner(maps)
-        with plain_steps():
+        with plain_steps(planner):
             plain_out = planner(maps)
     assert close(fused_out.logits, plain_out.logits, 1e-4)
     assert close(fused_out.value, plain_out.value, 1e-4)
@@ -141,9 +141,10 @@ def test_fused_path_runs_by_default_and_can_be_switched_off(monkeypatch):
         planner(maps)
     assert len(calls) == 31  # 30 forward-solver iterations, then the output step (also without autograd)
     calls.clear()
-    with torch.no_grad(), plain_steps():
+    with torch.no_grad(), plain_steps(planner):
         planner(maps)
     assert not calls
+    assert planner.step.fused  # restored after the block
     planner.step.fused = False
     with torch.no_grad():
         planner(maps)
@@ -153,13 +154,13 @@ def test_fused_path_runs_by_default_and_can_be_switched_off(monkeypatch):
     unrolled(maps).logits.sum().backward()  # training: each layer's forward fused, its backward by bellman_max
     assert len(calls) == 3
     calls.clear()
-    with plain_steps():
+    with plain_steps(unrolled):
         unrolled(maps).logits.sum().backward()
     assert not calls
-    monkeypatch.setattr(fused, "_fused", False)
-    with torch.no_grad():
-        planner(maps)
-    assert not calls
+    other = make_planner("id-vin", l_h=4, l_q=5)
+    with torch.no_grad(), plain_steps(unrolled):
+        other(maps)
+    assert calls  # the switch belongs to the planner it is given, not to the process
 
 
 @pytest.mark.parametrize("topology", ["plane", "torus"])
@@ -193,28 +194,25 @@ def test_in_place_lstm_update_equals_the_plain_one(bound):
 
 @pytest.mark.slow
 def test_compiled_kernels_equal_the_eager_ones(monkeypatch):
-    """IDP_COMPILE=1 compiles the fused kernels on the CPU too; they must give the eager results."""
-    monkeypatch.setenv(fused.COMPILE_ENV, "1")
+    """A step's compile "1" compiles the fused kernels on the CPU too; they must give the eager results."""
     tap_max = fused.MaybeCompiled(fused._tap_max_block)
     gru = fused.MaybeCompiled(fused.gru_update)
     q_reward, weight, taps = torch.randn(12, 40), torch.randn(12, 18), torch.randn(18, 40)
     x, h, z = torch.randn(2, 12, 4, 4), torch.randn(2, 12, 4, 4), torch.randn(2, 4, 4, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a fallback is reported below as a skip
-        compiled_max = tap_max(q_reward, weight, taps, 3)
-        compiled_gru = gru(x, h, z)
+        compiled_max = tap_max(q_reward, weight, taps, 3, compile="1")
+        compiled_gru = gru(x, h, z, compile="1")
     if tap_max.failed or gru.failed:
         pytest.skip("torch.compile is not available on this machine (the kernels fell back to eager)")
     assert torch.allclose(compiled_max, fused._tap_max_block(q_reward, weight, taps, 3), atol=1e-5)
     assert torch.allclose(compiled_gru, fused.gru_update(x, h, z), atol=1e-5)
 
 
-def test_compile_setting_is_validated(monkeypatch):
-    monkeypatch.setenv(fused.COMPILE_ENV, "yes")
-    with pytest.raises(ValueError, match="IDP_COMPILE"):
-        fused.compile_wanted(torch.device("cpu"))
-    monkeypatch.setenv(fused.COMPILE_ENV, "auto")
-    assert not fused.compile_wanted(torch.device("cpu"))
+def test_compile_setting_is_validated():
+    with pytest.raises(ValueError, match="compile must be one of"):
+        fused.compile_wanted("yes", torch.device("cpu"))
+    assert not fused.compile_wanted("auto", torch.device("cpu")) and fused.compile_wanted("1", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("solver", [anderson, broyden])
@@ -266,7 +264,7 @@ def test_exact_transposed_jacobians_equal_the_plain_steps_vector_jacobian_produc
     ctx = planner.step.encode(maps)
     z = torch.randn(2, channels, 7, 6).mul_(2).requires_grad_()  # beyond tanh's linear range
     w = torch.randn(2, channels, 7, 6)
-    with plain_steps():
+    with plain_steps(planner):
         (expected,) = torch.autograd.grad(planner.step(z, ctx), z, w)
         assert planner.step.transposed_jacobian(z.detach(), ctx) is None
     product = planner.step.transposed_jacobian(z.detach(), ctx)

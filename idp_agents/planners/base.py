@@ -110,13 +110,15 @@ class BellmanStep(nn.Module, ABC):
     """One weight-tied Bellman step f(z, ctx) with its encoder and policy head.
 
     ``fused``: when autograd is off (the implicit forward solve, evaluation), take the step's fused kernel if it
-    has one (see ``idp_agents.planners.fused``); set it False to force the plain, reference path.
+    has one (see ``idp_agents.planners.fused``); set it False to force the plain, reference path. ``compile``:
+    run the fused kernels through torch.compile, "auto" (on CUDA only), "1" (everywhere) or "0" (never).
     """
 
     def __init__(self, topology: str = "plane") -> None:
         super().__init__()
         self.topology = check_topology(topology)
         self.fused = True
+        self.compile = "auto"
 
     def conv(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """A 'same' convolution padded according to this step's topology."""

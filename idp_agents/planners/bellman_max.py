@@ -42,6 +42,7 @@ class MaxStepContext:
     value_filter: Tensor  # (C, G, F, F), bounded
     q_reward: Tensor | None = None  # (B, C, H, W) = conv_F(reward, q_reward_filter), when computed
     tap_max: TapMax | None = field(default=None, repr=False)
+    compile: str = "auto"  # the step's torch.compile choice for the fused step
 
     @property
     def q_filter(self) -> Tensor:
@@ -52,7 +53,13 @@ class MaxStepContext:
         """The fused step (``TapMax``) for this forward, built on first use from these tensors."""
         if self.tap_max is None:
             self.tap_max = TapMax(
-                self.reward, self.q_reward_filter, self.value_filter, copies, topology, q_reward=self.q_reward
+                self.reward,
+                self.q_reward_filter,
+                self.value_filter,
+                copies,
+                topology,
+                q_reward=self.q_reward,
+                compile=self.compile,
             )
         return self.tap_max
 

@@ -19,7 +19,6 @@ from idp_agents.planners.base import (
 from idp_agents.planners.fused import (
     compile_wanted,
     compiled_gru_update,
-    fused_enabled,
     gru_update,
     gru_update_inplace,
     lstm_update,
@@ -117,8 +116,8 @@ class ConvGPPNStep(BellmanStep):
         hidden_gates = self.conv(z, ctx.hidden_weight, self.hidden_gates.bias)
         if not use_fused(self.fused):
             return gru_update(ctx.input_gates, hidden_gates, z)
-        if compile_wanted(z.device):
-            return compiled_gru_update(ctx.input_gates, hidden_gates, z)
+        if compile_wanted(self.compile, z.device):
+            return compiled_gru_update(ctx.input_gates, hidden_gates, z, compile=self.compile)
         return gru_update_inplace(ctx.input_gates, hidden_gates, z)
 
     def _lstm(self, z: Tensor, ctx: ConvGPPNContext) -> Tensor:
@@ -137,7 +136,7 @@ class ConvGPPNStep(BellmanStep):
         product is then a few elementwise operations and one convolution with the transposed, flipped filter (the
         adjoint of a 'same' convolution, zero-padded or circular), against autograd's walk through the step's graph.
         """
-        if self.cell != "lstm" or not (self.fused and fused_enabled()):
+        if self.cell != "lstm" or not self.fused:
             return None
         with torch.no_grad():
             h, c = z.chunk(2, dim=1)

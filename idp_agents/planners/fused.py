@@ -8,17 +8,16 @@ tensor per solve and halves each iteration's arithmetic (VIN, 5x5: 25 taps a cel
 faster per iteration at 15x15 and 1.49x at 49x49, batch 32, one CPU thread, docs/results.md).
 ConvGPPN: the GRU or LSTM gate arithmetic runs in place on the hidden-gate convolution's output.
 
-Switches: ``IDP_FUSED=0`` (or ``set_fused(False)`` / ``with plain_steps():``, or ``step.fused = False``) forces the
-plain conv-then-max path. ConvGPPN's in-place gates and SymVIN's tap max run only when autograd is off; VIN's tap
-max also computes the forward of its training step, inside ``bellman_max`` (whose backward is its own, see there).
-``IDP_COMPILE`` chooses torch.compile for the fused kernels: ``auto`` (default) compiles on CUDA only, because on
-the 2-core AVX2 CPU it measured no faster than the eager fused kernels; ``1`` compiles everywhere; ``0`` never.
-A compilation failure falls back to the eager kernel with a warning.
+Switches, attributes of each step (`BellmanStep`), no global state: ``step.fused = False`` (or ``with
+plain_steps(planner):``) forces the plain conv-then-max path. ConvGPPN's in-place gates and SymVIN's tap max run
+only when autograd is off; VIN's tap max also computes the forward of its training step, inside ``bellman_max``
+(whose backward is its own, see there). ``step.compile`` chooses torch.compile for the fused kernels: ``auto``
+(default) compiles on CUDA only, because on the 2-core AVX2 CPU it measured no faster than the eager fused kernels;
+``1`` compiles everywhere; ``0`` never. A compilation failure falls back to the eager kernel with a warning.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,69 +27,54 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "COMPILE_ENV",
-    "FUSED_ENV",
+    "COMPILE_CHOICES",
     "MaybeCompiled",
     "TapMax",
     "compile_wanted",
     "fold_taps",
-    "fused_enabled",
     "gru_update",
     "gru_update_inplace",
     "lstm_update",
     "lstm_update_inplace",
     "plain_steps",
-    "set_fused",
     "shifted_taps",
     "tap_windows",
     "use_fused",
 ]
 
-FUSED_ENV = "IDP_FUSED"
-COMPILE_ENV = "IDP_COMPILE"
 COMPILE_CHOICES = ("auto", "0", "1")
 CHUNK_BYTES = 2**21  # a block of Q this size stays in cache between the matmul and the max
 
-_fused = os.environ.get(FUSED_ENV, "1") != "0"
-
-
-def fused_enabled() -> bool:
-    """Whether fused steps are globally allowed (``IDP_FUSED``, ``set_fused``, ``plain_steps``)."""
-    return _fused
-
-
-def set_fused(enabled: bool) -> None:
-    """Globally allow (True) or forbid (False) the fused steps."""
-    global _fused
-    _fused = bool(enabled)
-
 
 @contextmanager
-def plain_steps() -> Iterator[None]:
-    """Run the block with every step on its plain (reference) path."""
-    previous = _fused
-    set_fused(False)
+def plain_steps(*modules: torch.nn.Module) -> Iterator[None]:
+    """Run the block with the steps in ``modules`` (planners or steps) on their plain (reference) path."""
+    steps = [m for module in modules for m in module.modules() if hasattr(m, "fused")]
+    previous = [step.fused for step in steps]
+    for step in steps:
+        step.fused = False
     try:
         yield
     finally:
-        set_fused(previous)
+        for step, fused in zip(steps, previous, strict=True):
+            step.fused = fused
 
 
 def use_fused(step_fused: bool) -> bool:
     """True when a step whose own flag is ``step_fused`` should take its fused path now (autograd off)."""
-    return step_fused and _fused and not torch.is_grad_enabled()
+    return step_fused and not torch.is_grad_enabled()
 
 
-def compile_wanted(device: torch.device) -> bool:
-    """Whether ``IDP_COMPILE`` asks for torch.compile on ``device``."""
-    choice = os.environ.get(COMPILE_ENV, "auto")
+def compile_wanted(choice: str, device: torch.device) -> bool:
+    """Whether a step's ``compile`` choice asks for torch.compile on ``device``."""
     if choice not in COMPILE_CHOICES:
-        raise ValueError(f"{COMPILE_ENV} must be one of {COMPILE_CHOICES}, got {choice!r}")
+        raise ValueError(f"a step's compile must be one of {COMPILE_CHOICES}, got {choice!r}")
     return choice == "1" or (choice == "auto" and device.type == "cuda")
 
 
 class MaybeCompiled:
-    """Call ``fn`` through torch.compile when ``IDP_COMPILE`` asks for it on the first argument's device.
+    """Call ``fn`` through torch.compile when the caller's ``compile`` choice asks for it on the first argument's
+    device.
 
     The first failure to compile or run compiled disables compilation for this function (with a warning) and
     falls back to ``fn``, which is the reference the tests compare against.
@@ -101,8 +85,8 @@ class MaybeCompiled:
         self.compiled: Callable[..., Tensor] | None = None
         self.failed = False
 
-    def __call__(self, *args: Tensor) -> Tensor:
-        if not self.failed and compile_wanted(args[0].device):
+    def __call__(self, *args: Tensor, compile: str = "auto") -> Tensor:
+        if not self.failed and compile_wanted(compile, args[0].device):
             try:
                 if self.compiled is None:
                     self.compiled = torch.compile(self.fn)
@@ -174,8 +158,10 @@ class TapMax:
         copies: int,
         topology: str,
         q_reward: Tensor | None = None,
+        compile: str = "auto",
     ) -> None:
         reward, weight_r, weight_v = reward.detach(), weight_r.detach(), weight_v.detach()
+        self.compile = compile
         self.kernel = weight_v.shape[-1]
         if weight_r.shape[-1] != self.kernel:
             raise ValueError(f"reward and value kernels differ: {weight_r.shape[-1]} vs {self.kernel}")
@@ -210,7 +196,9 @@ class TapMax:
         batch, sample = v.shape[0], v.shape[2] * v.shape[3]
         if not indices and self.samples == batch:
             self.taps.view(windows.shape).copy_(windows)
-            return self._cells_to_batch(_compiled_tap_max(self.q_reward, self.weight, self.taps, self.copies))
+            return self._cells_to_batch(
+                _compiled_tap_max(self.q_reward, self.weight, self.taps, self.copies, compile=self.compile)
+            )
         out = v.new_empty(self.groups, batch * sample)
         index_dtype = torch.uint8 if self.copies <= 256 else torch.int64
         best = v.new_empty(self.groups, batch * sample, dtype=index_dtype) if indices else None

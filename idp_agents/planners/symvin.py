@@ -32,7 +32,6 @@ from idp_agents.planners.base import (
     compose_pointwise,
 )
 from idp_agents.planners.bellman_max import MaxStepContext
-from idp_agents.planners.fused import fused_enabled
 from idp_agents.planners.vin import DEFAULT_DISCOUNT, DEFAULT_KERNEL
 
 GROUP_ORDERS = {"c4": 4, "d4": 8}
@@ -162,6 +161,7 @@ class SymVINStep(BellmanStep):
             q_reward_filter=q_reward_filter,
             value_filter=value_filter,
             q_reward=self.conv(reward, q_reward_filter),
+            compile=self.compile,
         )
 
     def initial_state(self, ctx: SymVINContext) -> Tensor:
@@ -175,7 +175,7 @@ class SymVINStep(BellmanStep):
     def forward(self, z: Tensor, ctx: SymVINContext) -> Tensor:
         # With autograd on, the dense max and autograd's backward: for SymVIN's |G| value channels the gathered one
         # of ``bellman_max`` measured slower (see there), and its J^T rows held 4-8x the memory of Q.
-        if torch.is_grad_enabled() or not (self.fused and fused_enabled()):
+        if torch.is_grad_enabled() or not self.fused:
             q = self.q_values(z, ctx)
             return channel_max(q.unflatten(1, (self.l_q, self.order))).squeeze(1)
         return ctx.fused_step(self.l_q, self.topology)(z)

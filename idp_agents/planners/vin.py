@@ -19,7 +19,6 @@ from idp_agents.planners.base import (
     same_conv_module,
 )
 from idp_agents.planners.bellman_max import MaxStepContext, bellman_max, max_transposed_jacobian
-from idp_agents.planners.fused import fused_enabled
 
 DEFAULT_KERNEL = 5
 DEFAULT_DISCOUNT = 0.95
@@ -68,7 +67,7 @@ class VINStep(BellmanStep):
     def encode(self, maps: Tensor) -> VINContext:
         reward = self.conv(maps, *compose_pointwise(self.r.weight, None, self.h.weight, self.h.bias))
         value_filter = bounded_value_filter(self.q_value, self.discount)
-        return VINContext(reward=reward, q_reward_filter=self.q_reward, value_filter=value_filter)
+        return VINContext(reward=reward, q_reward_filter=self.q_reward, value_filter=value_filter, compile=self.compile)
 
     def initial_state(self, ctx: VINContext) -> Tensor:
         return torch.zeros_like(ctx.reward)
@@ -78,7 +77,7 @@ class VINStep(BellmanStep):
         return self.conv(torch.cat([ctx.reward, v], dim=1), ctx.q_filter)
 
     def forward(self, z: Tensor, ctx: VINContext) -> Tensor:
-        if not (self.fused and fused_enabled()):
+        if not self.fused:
             return channel_max(self.q_values(z, ctx))
         if torch.is_grad_enabled():
             return bellman_max(z, ctx, self.l_q, self.topology)
@@ -86,7 +85,7 @@ class VINStep(BellmanStep):
 
     def transposed_jacobian(self, z: Tensor, ctx: VINContext) -> Callable[[Tensor], Tensor] | None:
         """w -> J^T w at z, J = d step / d v (``max_transposed_jacobian``); None on the plain path."""
-        if not (self.fused and fused_enabled()):
+        if not self.fused:
             return None
         return max_transposed_jacobian(z, ctx, self.l_q, self.topology)
 

@@ -37,7 +37,7 @@ def first_batch_step(planner, mapper, train: dict, batch_size: int) -> None:
         map_logits = mapper(batch_rows(train["mapper_input"], idx))
         loss = cspace_bce_loss(map_logits, true_maps[:, 0])
         maps = cspace_planner_maps(map_logits, train["goal"][idx])
-    loss = loss + planner_loss(planner(maps), optimal)
+    loss = loss + planner_loss(planner(maps, step=0), optimal)
     loss.backward()
 
 
@@ -88,8 +88,11 @@ class EpochSettings:
     progress: bool
 
 
-def train_epoch(phase: str, planner, mapper, optimizer, data: dict, settings: EpochSettings, desc: str) -> dict:
-    """One pass over the training split; returns mean loss, action accuracy, map accuracy and the time taken."""
+def train_epoch(
+    phase: str, planner, mapper, optimizer, data: dict, settings: EpochSettings, desc: str, epoch: int
+) -> dict:
+    """One pass over the training split (0-based ``epoch`` of the run, which numbers its training steps for the
+    regularisers' schedule); returns mean loss, action accuracy, map accuracy and the time taken."""
     planner.train()
     if mapper is not None:
         mapper.train()
@@ -112,7 +115,7 @@ def train_epoch(phase: str, planner, mapper, optimizer, data: dict, settings: Ep
             )
         if phase in ("planner", "joint"):
             maps = true_maps if phase == "planner" else cspace_planner_maps(map_logits, data["goal"][dev_idx])
-            output = planner(maps)
+            output = planner(maps, step=epoch * math.ceil(n / settings.batch_size) + batches)
             logits = output.logits
             loss = loss + planner_loss(output, optimal)
         optimizer.zero_grad(set_to_none=True)

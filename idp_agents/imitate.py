@@ -217,7 +217,7 @@ def train_and_report(config: RunConfig) -> dict:
         row = {"epoch": epoch + 1, "phase": phase, "lr": epoch_lr(config.lr, config.lr_schedule, epoch, len(phases))}
         for group in optimizer.param_groups:
             group["lr"] = row["lr"]
-        row.update(train_epoch(phase, trained_planner, trained_mapper, optimizer, data["train"], settings, desc))
+        row.update(train_epoch(phase, trained_planner, trained_mapper, optimizer, data["train"], settings, desc, epoch))
         val, val_map_accuracy = evaluate(planner, mapper, data["val"], config.eval_batch_size)
         row.update(val_success=val.success, val_optimal=val.optimal, val_spl=val.spl)
         row.update(probe_spectral_radius(planner, data["val"]))

@@ -61,7 +61,8 @@ class FixedPointConfig:
     acts on each sample's spectral radius rho of J at z* (``spectral_iterations`` steps of power iteration): it
     keeps the fixed point attracting, which a bound on ||J||_F only implies far from it; ``spectral_reg_unconverged``
     (when set) is its weight on the samples whose forward solve missed ``tol_fwd``. Both regularisers follow the
-    ``jac_reg_every`` schedule, which counts the grad-enabled calls made with this config object.
+    ``jac_reg_every`` schedule: they act on the training steps whose index (the ``step`` a solve is given) is a
+    multiple of it.
     ``drop_unconverged`` keeps the samples whose forward solve missed ``tol_fwd`` out of the implicit (or phantom)
     gradient: they have no fixed point to differentiate at, and the linear solve's answer there is not a gradient of
     anything (measured on a trained ID-ConvGPPN, one such sample in 32 turned the batch gradient's cosine with a
@@ -100,7 +101,6 @@ class FixedPointConfig:
 
     def __post_init__(self) -> None:
         self.validate()
-        self._training_calls = 0
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid setting."""
@@ -299,8 +299,9 @@ def _check_divergence(info: SolverInfo, what: str, solver: str, policy: str) -> 
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _jac_loss_due(config: FixedPointConfig) -> bool:
-    """Count a training call; True when this one should compute the Jacobian regulariser."""
+def _jac_loss_due(config: FixedPointConfig, step: int | None) -> bool:
+    """Whether training step ``step`` computes the regularisers (``jac_reg_every``'s schedule); every step when
+    the schedule is 1."""
     weights = (
         config.jac_reg_weight,
         config.jac_reg_unconverged,
@@ -309,9 +310,14 @@ def _jac_loss_due(config: FixedPointConfig) -> bool:
     )
     if not any(weights):
         return False
-    due = config._training_calls % config.jac_reg_every == 0
-    config._training_calls += 1
-    return due
+    if config.jac_reg_every == 1:
+        return True
+    if step is None:
+        raise ValueError(
+            f"jac_reg_every={config.jac_reg_every} regularises every {config.jac_reg_every}th training step: give "
+            "the solve the step's index (planner(maps, step=i))"
+        )
+    return step % config.jac_reg_every == 0
 
 
 TransposedJacobian = Callable[[Tensor], Callable[[Tensor], Tensor] | None]
@@ -430,6 +436,7 @@ def solve_fixed_point(
     config: FixedPointConfig,
     transposed_jacobian: TransposedJacobian | None = None,
     restrict: Restriction | None = None,
+    step: int | None = None,
 ) -> tuple[Tensor, FixedPointInfo]:
     """Find z = f(z) from z0 as ``config`` says; gradients reach whatever f closes over through the output.
 
@@ -438,11 +445,12 @@ def solve_fixed_point(
     ``transposed_jacobian(z_star)``, if given and not returning None, supplies w -> J^T w for the IFT backward
     solve in place of autograd's vector-Jacobian products through f's graph. ``restrict(indices)``, if given,
     returns f for those samples of the batch alone (a LongTensor of indices): the stragglers' continuation
-    (``k_fwd_stragglers``) needs it.
+    (``k_fwd_stragglers``) needs it. ``step``: the training step's index, for the regularisers' schedule
+    (``jac_reg_every``).
     """
     config.validate()
     training = torch.is_grad_enabled()
-    jac_due = training and _jac_loss_due(config)
+    jac_due = training and _jac_loss_due(config, step)
     if config.mode == "unrolled":
         z = z0
         for _ in range(config.k_fwd):

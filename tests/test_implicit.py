@@ -34,9 +34,9 @@ class TanhLayer(torch.nn.Module):
     def step(self, z: torch.Tensor, ux: torch.Tensor) -> torch.Tensor:
         return torch.tanh(z @ self.w.T + ux)
 
-    def solve(self, config: FixedPointConfig) -> tuple[torch.Tensor, FixedPointInfo]:
+    def solve(self, config: FixedPointConfig, step: int | None = None) -> tuple[torch.Tensor, FixedPointInfo]:
         ux = self.x @ self.u.T
-        return solve_fixed_point(lambda z: self.step(z, ux), torch.zeros_like(self.target), config)
+        return solve_fixed_point(lambda z: self.step(z, ux), torch.zeros_like(self.target), config, step=step)
 
     def gradients(self, config: FixedPointConfig) -> list[torch.Tensor]:
         z, _ = self.solve(config)
@@ -152,10 +152,13 @@ def test_jacobian_regulariser_matches_exact_frobenius_norm_in_expectation(mode):
 def test_jacobian_regulariser_schedule_and_eval():
     layer = TanhLayer()
     config = FixedPointConfig(k_fwd=20, jac_reg_weight=1.0, jac_reg_every=3)
-    computed = [layer.solve(config)[1].jac_loss is not None for _ in range(6)]
+    computed = [layer.solve(config, step=i)[1].jac_loss is not None for i in range(6)]
     assert computed == [True, False, False, True, False, False]
+    assert layer.solve(config, step=4)[1].jac_loss is None  # the step decides, not how often the config was used
+    with pytest.raises(ValueError, match="give the solve the step's index"):
+        layer.solve(config)
     with torch.no_grad():
-        assert layer.solve(config)[1].jac_loss is None
+        assert layer.solve(config, step=0)[1].jac_loss is None
     assert layer.solve(FixedPointConfig(k_fwd=20))[1].jac_loss is None
 
 

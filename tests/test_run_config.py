@@ -104,3 +104,14 @@ def test_settings_reach_the_planner_and_programmatic_configs_are_checked_too():
 def test_a_config_file_holds_every_field(tmp_path):
     write_config_file(RunConfig(), tmp_path / "config.json")
     assert set(json.loads((tmp_path / "config.json").read_text())) == {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def test_a_regulariser_schedule_from_the_command_line_trains(tmp_path):
+    """--jac-reg-every numbers the training steps across epochs (not the calls a config object has seen)."""
+    tiny = ["--env", "GridMaze-v0", "--size", "7", "--planner", "id-vin", "--l-h", "4", "--l-q", "4"]
+    tiny += ["--train", "8", "--val", "4", "--test", "4", "--threads", "1", "--no-gif", "--no-progress"]
+    report = imitate.main(
+        [*tiny, "--batch-size", "4", "--epochs", "2", "--jac-reg", "0.1", "--jac-reg-every", "3"]
+        + ["--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "data")]
+    )
+    assert report["config"]["planner_kwargs"]["jac_reg_every"] == 3

@@ -194,7 +194,9 @@ class Planner(nn.Module):
     def topology(self) -> str:
         return self.step.topology
 
-    def forward(self, maps: Tensor) -> PlannerOutput:
+    def forward(self, maps: Tensor, step: int | None = None) -> PlannerOutput:
+        """Plan on ``maps`` (B, 2, H, W); ``step``, the training step's index, drives the regularisers' schedule
+        (``FixedPointConfig.jac_reg_every``)."""
         ctx = self.step.encode(check_maps(maps))
         z, info = solve_fixed_point(
             lambda state: self.step(state, ctx),
@@ -202,6 +204,7 @@ class Planner(nn.Module):
             self.fixed_point,
             transposed_jacobian=lambda z_star: self.step.transposed_jacobian(z_star, ctx),
             restrict=lambda index: self._step_on(maps[index]),
+            step=step,
         )
         return PlannerOutput(logits=self.step.head(z, ctx), value=self.step.value_map(z), info=info)
 

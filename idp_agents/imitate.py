@@ -58,15 +58,8 @@ from idp_agents.run_files import (
 )
 from idp_agents.run_flags import build_parser, parse_config, resume_differences
 from idp_agents.step_cost import MemoryBudgetExceeded, apply_memory_budget
-from idp_envs import resolve_env_id, size_kwargs, view_store, views
-from idp_envs.datasets import (
-    DatasetError,
-    check_dataset_fits_env,
-    generate_splits,
-    load_dataset,
-    save_dataset,
-    task_tensors,
-)
+from idp_envs import resolve_env_id, size_kwargs, view_store
+from idp_envs.datasets import DatasetError, ensure_dataset, task_tensors
 from idp_envs.files import atomic_write
 from idp_envs.tasks import TaskBatch
 from rollouts.video import showcase_gif
@@ -77,27 +70,16 @@ def env_kwargs(config: RunConfig) -> dict:
 
 
 def load_or_generate_dataset(config: RunConfig) -> tuple[dict, dict]:
+    """The run's dataset: ``--data``, or the cache entry its sizes and seed name (made on first use,
+    `idp_envs.datasets.ensure_dataset`), with the three splits training needs."""
     path = config.dataset_path()
-    if not path.exists():
-        if config.data:
-            raise FileNotFoundError(f"--data {path} does not exist")
-        counts = {"train": config.train, "val": config.val, "test": config.test}
-        splits, meta = generate_splits(config.env, counts, config.seed, env_kwargs(config), progress=config.progress)
-        save_dataset(path, splits, meta)
-    if views.env_renders_views(config.env):  # renders what an interrupted run left missing; nothing when complete
-        splits, _ = load_dataset(path, with_views=False)
-        view_store.render_dataset_views(path, splits, progress=config.progress)
-    splits, meta = load_dataset(path)
+    if config.data and not path.exists():
+        raise FileNotFoundError(f"--data {path} does not exist")
+    counts = {"train": config.train, "val": config.val, "test": config.test}
+    splits, meta = ensure_dataset(path, config.env, counts, config.seed, env_kwargs(config), progress=config.progress)
     missing = {"train", "val", "test"} - set(splits)
     if missing:
         raise ValueError(f"dataset {path} lacks the splits {sorted(missing)}")
-    if meta.get("env_id") and meta["env_id"] != config.env:
-        raise ValueError(f"dataset {path} was made for {meta['env_id']}, not {config.env}")
-    if meta.get("env_id") and meta.get("env_kwargs", {}) != env_kwargs(config):
-        raise ValueError(f"dataset {path} was made with {meta.get('env_kwargs')}, not {env_kwargs(config)} (--size)")
-    env = gym.make(config.env, **env_kwargs(config))
-    check_dataset_fits_env(path, meta, env.unwrapped)
-    env.close()
     empty = [name for name in ("train", "val", "test") if len(splits[name]) == 0]
     if empty:
         raise DatasetError(f"dataset {path} has no maps in its {', '.join(empty)} split; every split needs some")

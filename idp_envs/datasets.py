@@ -16,27 +16,42 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import sys
 import warnings
-import zipfile
-import zlib
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
-from idp_envs import grid
-from idp_envs.files import atomic_write
+from idp_envs import grid, view_store, views
+from idp_envs.dataset_files import (
+    FORMAT_VERSION,
+    READ_ERRORS,
+    DatasetError,
+    check_dataset_fits_env,
+    open_npz,
+    read_dataset,
+    save_dataset,
+)
 from idp_envs.tasks import PEAK_BYTES_PER_CELL, STORED_BYTES_PER_CELL, TaskBatch, check_memory, label_tasks
 
-FORMAT_VERSION = 1
+# the file format's names are part of this module's interface: the datasets a user makes and loads are files
+__all__ = [
+    "FORMAT_VERSION",
+    "DatasetError",
+    "check_dataset_fits_env",
+    "ensure_dataset",
+    "generate_splits",
+    "import_gppn",
+    "layout_keys",
+    "load_dataset",
+    "save_dataset",
+    "task_tensors",
+    "torch_dataset",
+]
 SPLITS = ("train", "val", "test")
 CHUNK_BYTES = 512 * 2**20  # memory for one batch of tasks being sampled and labelled
-
-
-class DatasetError(ValueError):
-    """A file that is not a readable IDP dataset (truncated, foreign, or of another format version)."""
 
 
 def layout_keys(occupancy: np.ndarray, goal: np.ndarray | None = None) -> np.ndarray:
@@ -62,7 +77,6 @@ def generate_splits(
     Tasks come from the environment's own batched sampler, so any registered id works. Returns the splits and
     their metadata.
     """
-    import gymnasium as gym
     from tqdm.auto import tqdm
 
     if any(int(n) < 0 for n in counts.values()) or sum(int(n) for n in counts.values()) == 0:
@@ -113,109 +127,47 @@ def generate_splits(
     return splits, metadata
 
 
-def save_dataset(path: str | os.PathLike, splits: dict[str, TaskBatch], metadata: dict) -> Path:
-    """Write the splits to one compressed file, atomically: a crash never leaves a partial file at ``path``."""
-    path = Path(path)
-    arrays = {}
-    for name, batch in splits.items():
-        if "/" in name:
-            raise ValueError(f"split names cannot contain '/', got {name!r}")
-        for key in TaskBatch.ARRAYS:
-            arrays[f"{name}/{key}"] = getattr(batch, key)
-        for key, value in batch.extras.items():
-            arrays[f"{name}/extras/{key}"] = value
-    meta = dict(metadata, format_version=FORMAT_VERSION, splits=list(splits))
-    meta.setdefault("topology", next(iter(splits.values())).topology if splits else "plane")
-    arrays["metadata"] = np.array(json.dumps(meta))
-    with atomic_write(path) as f:
-        np.savez_compressed(f, **arrays)
-    return path
-
-
-READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, ValueError, json.JSONDecodeError)
-REMAKE = "make the file again with python -m idp_envs.datasets (--from-gppn for GPPN data)"
-
-
-def open_npz(path: Path, what: str):
-    """``np.load`` of an ``.npz`` archive; `DatasetError` for anything else (a single ``.npy`` array, a pickle)."""
-    try:
-        data = np.load(path, allow_pickle=False)
-    except READ_ERRORS as exc:
-        raise DatasetError(f"{path} is truncated or not {what} ({exc}); {REMAKE}") from exc
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise DatasetError(f"{path} holds a single array (.npy), not {what} (an .npz archive); {REMAKE}")
-    return data
-
-
 def load_dataset(path: str | os.PathLike, with_views: bool = True) -> tuple[dict[str, TaskBatch], dict]:
-    """Read every split of a dataset file written by `save_dataset`; clear `DatasetError` on a bad file.
-
-    Every split is checked (`TaskBatch.check`: shapes, dtypes, goals and starts on free cells of the map) and must
-    have the shape of the metadata. With ``with_views``, a dataset's view store (VisualMaze) is attached as the
-    lazily read ``views`` extra.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise DatasetError(f"{path} is a directory; a dataset is one .npz file from python -m idp_envs.datasets")
-    if not path.is_file():
-        raise FileNotFoundError(f"no dataset file at {path}")
-    what = "an IDP dataset (python -m idp_envs.datasets)"
-    try:
-        with open_npz(path, what) as data:
-            if "metadata" not in data.files:
-                raise DatasetError(f"{path} is not an IDP dataset (no metadata entry); for GPPN files use --from-gppn")
-            meta = json.loads(str(data["metadata"]))
-            if not isinstance(meta, dict):
-                raise DatasetError(f"{path}: its metadata is not a JSON object, so it is not an IDP dataset; {REMAKE}")
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise DatasetError(
-                    f"{path} has dataset format version {meta.get('format_version')}, this library reads "
-                    f"{FORMAT_VERSION}; {REMAKE}"
-                )
-            splits = {}
-            for name in meta["splits"]:
-                arrays = [data[f"{name}/{key}"] for key in TaskBatch.ARRAYS]
-                prefix = f"{name}/extras/"
-                extras = {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
-                splits[name] = TaskBatch(*arrays, topology=meta["topology"], extras=extras)
-    except DatasetError:
-        raise
-    except READ_ERRORS as exc:
-        raise DatasetError(f"{path} is truncated, corrupt or not an IDP dataset ({exc}); {REMAKE}") from exc
-    for name, batch in splits.items():
-        n = len(batch)
-        if any(len(getattr(batch, k)) != n for k in TaskBatch.ARRAYS):
-            raise DatasetError(f"{path}: arrays of split {name!r} have different lengths; {REMAKE}")
-        try:
-            batch.check()
-        except ValueError as exc:
-            raise DatasetError(f"{path}: split {name!r}: {exc}; {REMAKE}") from exc
-        if list(batch.occupancy.shape[1:]) != list(meta.get("shape", batch.occupancy.shape[1:])):
-            raise DatasetError(
-                f"{path}: split {name!r} has {batch.occupancy.shape[1:]} maps, its metadata says {meta['shape']}; "
-                f"{REMAKE}"
-            )
-    from idp_envs.view_store import attach_views
-
+    """Read a dataset file (`read_dataset`: every split checked); with ``with_views``, its view store (VisualMaze)
+    is attached as the lazily read ``views`` extra."""
+    splits, meta = read_dataset(path)
     if with_views:
-        attach_views(path, splits)
+        view_store.attach_views(path, splits)
     return splits, meta
 
 
-def check_dataset_fits_env(path, meta: dict, env) -> None:
-    """`DatasetError` unless a loaded dataset's maps have the shape and topology of ``env`` (an unwrapped IDP env):
-    a file made for another task (a plane maze for the arm's torus, 9x9 mazes for a 15x15 id) is not trained on."""
-    shape, topology = tuple(meta.get("shape", ())), meta.get("topology")
-    if topology != env.topology:
-        raise DatasetError(
-            f"{path} holds {topology} maps, but {env.spec.id if env.spec else type(env).__name__} plans on a "
-            f"{env.topology}; use a dataset made for that environment"
-        )
-    if shape != tuple(env.shape):
-        raise DatasetError(
-            f"{path} holds {'x'.join(map(str, shape))} maps, but the environment's are "
-            f"{'x'.join(map(str, env.shape))}; use a dataset of that size (or the --size it was made with)"
-        )
+def ensure_dataset(
+    path: str | os.PathLike,
+    env_id: str,
+    counts: dict[str, int],
+    seed: int,
+    env_kwargs: dict | None = None,
+    *,
+    regenerate: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, TaskBatch], dict]:
+    """The dataset at ``path`` for ``env_id``: made first when the file is missing (or ``regenerate``), its splits
+    generated and saved atomically; for an env that observes views, its view store rendered where it lacks maps (an
+    interrupted render resumes) and attached. The file is read once, and checked to be one made for this env (its
+    id and keyword arguments, the shape and topology of its maps): the one pipeline behind ``python -m
+    idp_envs.datasets`` and the training command's dataset cache."""
+    path, env_kwargs = Path(path), dict(env_kwargs or {})
+    if regenerate or not path.exists():
+        splits, meta = generate_splits(env_id, counts, seed, env_kwargs, progress=progress)
+        save_dataset(path, splits, meta)
+    splits, meta = read_dataset(path)
+    if meta.get("env_id") and meta["env_id"] != env_id:
+        raise DatasetError(f"dataset {path} was made for {meta['env_id']}, not {env_id}")
+    if meta.get("env_id") and meta.get("env_kwargs", {}) != env_kwargs:
+        raise DatasetError(f"dataset {path} was made with {meta.get('env_kwargs')}, not {env_kwargs} (--size)")
+    env = gym.make(env_id, **env_kwargs)
+    check_dataset_fits_env(path, meta, env.unwrapped)
+    env.close()
+    if views.env_renders_views(env_id):
+        view_store.render_dataset_views(path, splits, workers=workers, progress=progress)  # only what is missing
+        view_store.attach_views(path, splits)
+    return splits, meta
 
 
 def import_gppn(path: str | os.PathLike, seed: int = 0) -> tuple[dict[str, TaskBatch], dict]:
@@ -360,22 +312,25 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_command(args: argparse.Namespace) -> None:
-    from idp_envs import resolve_env_id, size_kwargs, view_store, views
+    from idp_envs import resolve_env_id, size_kwargs
 
     if Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a directory; give the dataset's file name, e.g. {args.out}/maze.npz")
     if args.from_gppn:
         splits, meta = import_gppn(args.from_gppn, seed=args.seed)
+        path = save_dataset(args.out, splits, meta)
     else:
         env_id = resolve_env_id(args.env)
         counts = {"train": args.train, "val": args.val, "test": args.test}
-        splits, meta = generate_splits(env_id, counts, args.seed, size_kwargs(env_id, args.size))
-    path = save_dataset(args.out, splits, meta)
+        kwargs = size_kwargs(env_id, args.size)
+        splits, meta = ensure_dataset(
+            args.out, env_id, counts, args.seed, kwargs, regenerate=True, workers=args.workers
+        )
+        path = Path(args.out)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     print(f"wrote {path} ({sizes}; {path.stat().st_size / 1e6:.1f} MB)")
-    if not args.from_gppn and views.env_renders_views(env_id):
-        folder = view_store.render_dataset_views(path, splits, workers=args.workers)
-        print(f"wrote views to {folder}")
+    if "views" in next(iter(splits.values())).extras:
+        print(f"wrote views to {view_store.views_dir(path)}")
 
 
 if __name__ == "__main__":

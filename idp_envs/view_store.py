@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from idp_envs.dataset_files import DatasetError, read_dataset
 from idp_envs.files import atomic_write
 from idp_envs.views import DIRECTIONS, VIEW_SIZE, shared_renderer
 
@@ -114,8 +115,6 @@ class ViewStore:
             self._decompressor = zstandard.ZstdDecompressor()
         data = os.pread(self._file.fileno(), length, offset)
         if len(data) != length:
-            from idp_envs.datasets import DatasetError
-
             raise DatasetError(f"{self.blob} is truncated: map {i} needs bytes {offset}..{offset + length}")
         free = self.occupancy[i] == 0
         s = self.view_size
@@ -125,8 +124,6 @@ class ViewStore:
         except zstandard.ZstdError as exc:
             raw = exc
         if isinstance(raw, Exception) or len(raw) != expected:
-            from idp_envs.datasets import DatasetError
-
             found = f"({raw})" if isinstance(raw, Exception) else f"{len(raw)} bytes for {expected}"
             raise DatasetError(
                 f"{self.blob}: map {i} is corrupt {found}; delete {self.blob.parent} and rerun to render the views"
@@ -151,8 +148,6 @@ def _check_format(folder: Path, meta: dict, dataset_path) -> None:
     """Refuse a store of the earlier format (uncompressed ``<split>.npy``), naming the ways out."""
     old = meta.get("format_version") == 1 or (not meta and any(folder.glob("*.done.npy")))
     if old:
-        from idp_envs.datasets import DatasetError
-
         raise DatasetError(
             f"{folder} holds views in the earlier, uncompressed format (version 1); convert it in place with "
             f"`python -m idp_envs.view_store convert {dataset_path}` (no rendering), or delete {folder} and rerun to "
@@ -266,8 +261,6 @@ def _store(results, writers: dict, bar) -> None:
 
 def load_views(dataset_path: str | os.PathLike, split: str, occupancy: np.ndarray) -> ViewStore:
     """The views of one split of a dataset whose maps are ``occupancy``, as a lazily read `ViewStore`."""
-    from idp_envs.datasets import DatasetError
-
     folder = views_dir(dataset_path)
     meta = _read_meta(folder)
     _check_format(folder, meta, dataset_path)
@@ -290,8 +283,6 @@ def load_views(dataset_path: str | os.PathLike, split: str, occupancy: np.ndarra
 
 def attach_views(dataset_path: str | os.PathLike, splits: dict) -> None:
     """Give each split of a loaded dataset its lazily read ``views`` extra, when the dataset has a view store."""
-    from idp_envs.datasets import DatasetError
-
     folder = views_dir(dataset_path)
     if not folder.is_dir():
         return
@@ -309,15 +300,13 @@ def convert_store(dataset_path: str | os.PathLike, progress: bool = True) -> Pat
     each split is encoded map by map into the new files, then the old ones are removed. No rendering."""
     from tqdm.auto import tqdm
 
-    from idp_envs.datasets import DatasetError, load_dataset
-
     folder = views_dir(dataset_path)
     meta = _read_meta(folder)
     if meta.get("format_version") == STORE_VERSION:
         return folder
     if meta.get("format_version") not in (None, 1) or not any(folder.glob("*.done.npy")):
         raise DatasetError(f"{folder} is not a view store of the earlier format; nothing to convert")
-    splits, _ = load_dataset(dataset_path, with_views=False)
+    splits, _ = read_dataset(dataset_path)
     new_meta = {"format_version": STORE_VERSION, "view_size": meta.get("view_size", VIEW_SIZE)}
     new_meta.update(directions="N,W,S,E", codec=CODEC, level=LEVEL, splits={})
     for name, batch in splits.items():

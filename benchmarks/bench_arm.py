@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from idp_envs import arm_geometry as geometry
 from idp_envs.envs import arm
 
 
@@ -23,9 +24,9 @@ def time_once(bins: int, n: int, seed: int) -> dict[str, float]:
     t0 = time.perf_counter()
     vertices, counts = arm.sample_obstacles(n, rng)
     t1 = time.perf_counter()
-    occupancy = arm.cspace_occupancy(vertices, counts, bins)
+    occupancy = geometry.cspace_occupancy(vertices, counts, bins)
     t2 = time.perf_counter()
-    arm.rasterise_workspace(vertices, counts)
+    geometry.rasterise_workspace(vertices, counts)
     t3 = time.perf_counter()
     batch = arm.sample_arm_tasks(n, bins, np.random.default_rng(seed))
     t4 = time.perf_counter()

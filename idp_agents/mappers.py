@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from idp_envs.envs import arm
+from idp_envs import arm_geometry as geometry
 
 
 class AxisPaddedConv(nn.Conv2d):
@@ -83,7 +83,7 @@ class ArmCSpaceMapper(nn.Module):
             raise ValueError(f"bins must be an even int >= 4 (the bottleneck has bins / 2 rows), got {bins!r}")
         if not isinstance(radii, int) or radii < 8 or radii % 8:
             raise ValueError(f"radii must be a multiple of 8 (three halvings), got {radii!r}")
-        self.bins, self.image_size = bins, arm.IMAGE_SIZE
+        self.bins, self.image_size = bins, geometry.IMAGE_SIZE
         self.register_buffer("polar_grid", self._polar_grid(2 * 4 * bins, 2 * radii), persistent=False)
         c = channels
 
@@ -106,10 +106,10 @@ class ArmCSpaceMapper(nn.Module):
     def _polar_grid(angles: int, radii: int) -> Tensor:
         """grid_sample coordinates (1, angles, radii, 2) of the polar samples, in the image's [-1, 1] frame."""
         phi = (torch.arange(angles, dtype=torch.float64) - 0.5) * (2 * math.pi / angles)  # 2x2 means land on bins
-        rho = (torch.arange(radii, dtype=torch.float64) + 0.5) * (sum(arm.LINK_LENGTHS) + 0.1) / radii
-        x = arm.BASE[0] + rho[None] * torch.cos(phi[:, None])
-        y = arm.BASE[1] + rho[None] * torch.sin(phi[:, None])
-        extent = arm.WORKSPACE_EXTENT
+        rho = (torch.arange(radii, dtype=torch.float64) + 0.5) * (sum(geometry.LINK_LENGTHS) + 0.1) / radii
+        x = geometry.BASE[0] + rho[None] * torch.cos(phi[:, None])
+        y = geometry.BASE[1] + rho[None] * torch.sin(phi[:, None])
+        extent = geometry.WORKSPACE_EXTENT
         grid = torch.stack([x / extent * 2 - 1, (extent - y) / extent * 2 - 1], dim=-1)
         return grid[None].float()
 

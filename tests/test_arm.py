@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from matplotlib.path import Path
 
+from idp_envs import arm_geometry as geometry
 from idp_envs import render
 from idp_envs.datasets import generate_splits, load_dataset, save_dataset
 from idp_envs.envs import arm
@@ -16,9 +17,9 @@ def scenes(n: int, seed: int, max_obstacles: int = 5):
 
 def dense_collisions(vertices, counts, theta1, theta2, samples: int = 600) -> np.ndarray:
     """Brute force: (N, C) whether any of ``samples`` points along either link lies inside a polygon."""
-    elbow, hand = arm.arm_points(theta1, theta2)  # (C, 2)
+    elbow, hand = geometry.arm_points(theta1, theta2)  # (C, 2)
     t = np.linspace(0, 1, samples)[:, None, None]
-    points = np.concatenate([arm.BASE + t * (elbow - arm.BASE), elbow + t * (hand - elbow)])  # (2S, C, 2)
+    points = np.concatenate([geometry.BASE + t * (elbow - geometry.BASE), elbow + t * (hand - elbow)])  # (2S, C, 2)
     flat = points.reshape(-1, 2)
     out = np.zeros((len(counts), len(theta1)), dtype=bool)
     for i in range(len(counts)):
@@ -30,14 +31,14 @@ def dense_collisions(vertices, counts, theta1, theta2, samples: int = 600) -> np
 
 
 def grid_configurations(bins: int) -> tuple[np.ndarray, np.ndarray]:
-    theta = arm.joint_angles(bins)
+    theta = geometry.joint_angles(bins)
     t1, t2 = np.meshgrid(theta, theta, indexing="ij")
     return t1.ravel(), t2.ravel()
 
 
 def test_collision_check_agrees_with_dense_points_along_the_links():
     vertices, counts = scenes(24, seed=1)
-    exact = arm.cspace_occupancy(vertices, counts, 18).reshape(24, -1).astype(bool)
+    exact = geometry.cspace_occupancy(vertices, counts, 18).reshape(24, -1).astype(bool)
     brute = dense_collisions(vertices, counts, *grid_configurations(18))
     assert exact.any() and (~exact).any()
     assert not (brute & ~exact).any(), "a sampled point lies inside an obstacle but the exact check says free"
@@ -54,7 +55,7 @@ def test_collision_check_agrees_with_dense_points_along_the_links():
 
 def test_dense_check_on_36_bins_and_one_obstacle_per_scene():
     vertices, counts = scenes(8, seed=2, max_obstacles=1)
-    exact = arm.cspace_occupancy(vertices, counts, 36).reshape(8, -1).astype(bool)
+    exact = geometry.cspace_occupancy(vertices, counts, 36).reshape(8, -1).astype(bool)
     brute = dense_collisions(vertices, counts, *grid_configurations(36))
     assert not (brute & ~exact).any()
     assert (exact & ~brute).sum() <= 0.01 * exact.sum()
@@ -74,24 +75,24 @@ def test_dense_check_on_36_bins_and_one_obstacle_per_scene():
 )
 def test_segments_intersect_cases(p1, p2, q1, q2, expected):
     args = [np.array(p, dtype=float) for p in (p1, p2, q1, q2)]
-    assert bool(arm.segments_intersect(*args)) is expected
-    assert bool(arm.segments_intersect(args[2], args[3], args[0], args[1])) is expected
+    assert bool(geometry.segments_intersect(*args)) is expected
+    assert bool(geometry.segments_intersect(args[2], args[3], args[0], args[1])) is expected
 
 
 def test_an_arm_wholly_inside_an_obstacle_collides():
     hand_box = np.array([[7.5, 4.0], [9.9, 4.0], [9.9, 6.0], [7.5, 6.0]])  # holds the outstretched arm's hand
-    elbow, hand = arm.arm_points(0.0, 0.0)
+    elbow, hand = geometry.arm_points(0.0, 0.0)
     assert Path(hand_box).contains_point(hand) and not Path(hand_box).contains_point(elbow)
     assert arm.arm_task([hand_box], goal=(9, 0), start=(8, 0)).occupancy[0, 0] == 1
     # no edge crossings at all: only the point-in-polygon part of the check can see this one
     everything = np.array([[0.2, 0.2], [9.8, 0.2], [9.8, 9.8], [0.2, 9.8]])
-    assert arm.cspace_occupancy(*arm.pad_polygons([everything]), 18).all()
+    assert geometry.cspace_occupancy(*arm.pad_polygons([everything]), 18).all()
 
 
 def test_wrap_around_configurations_match_negative_angles():
     vertices, counts = scenes(12, seed=3)
     bins = 18
-    exact = arm.cspace_occupancy(vertices, counts, bins).astype(bool)
+    exact = geometry.cspace_occupancy(vertices, counts, bins).astype(bool)
     step = 2 * np.pi / bins
     cols = np.arange(bins)
     t1 = np.concatenate([np.full(bins, -step), cols * step])
@@ -123,12 +124,14 @@ def test_sampled_obstacles_never_cover_the_base():
     assert (counts == 0).any() and (counts == 5).any()
     present = counts > 0
     assert set(np.unique(counts[present])) == {4, 5, 6, 7}
-    assert not arm.points_in_polygons(np.broadcast_to(arm.BASE, (3000, 1, 2)), vertices, counts).any()
-    a, b, valid = arm.polygon_edges(vertices, counts)
-    assert not arm.segments_near_points(a, b, arm.BASE, np.full(valid.shape, arm.BASE_CLEARANCE - 1e-9))[valid].any()
+    assert not geometry.points_in_polygons(np.broadcast_to(geometry.BASE, (3000, 1, 2)), vertices, counts).any()
+    a, b, valid = geometry.polygon_edges(vertices, counts)
+    assert not geometry.segments_near_points(a, b, geometry.BASE, np.full(valid.shape, arm.BASE_CLEARANCE - 1e-9))[
+        valid
+    ].any()
     # star-shaped about the vertex mean: every polygon contains the mean of its vertices
-    centre, _ = arm.bounding_discs(vertices, counts)
-    inside = arm.points_in_polygons(centre.reshape(3000, 5, 2), vertices, counts)
+    centre, _ = geometry.bounding_discs(vertices, counts)
+    inside = geometry.points_in_polygons(centre.reshape(3000, 5, 2), vertices, counts)
     assert np.diagonal(inside, axis1=1, axis2=2)[present].all()
 
 
@@ -143,17 +146,17 @@ def test_rotating_obstacles_about_the_base_shifts_the_first_joint_axis(shift):
     bins = 18
     angle = 2 * np.pi * shift / bins
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    rotated = arm.BASE + (vertices - arm.BASE) @ rot.T
-    before = arm.cspace_occupancy(vertices, counts, bins)
-    after = arm.cspace_occupancy(rotated, counts, bins)
+    rotated = geometry.BASE + (vertices - geometry.BASE) @ rot.T
+    before = geometry.cspace_occupancy(vertices, counts, bins)
+    after = geometry.cspace_occupancy(rotated, counts, bins)
     assert before.any()
     assert np.array_equal(after, np.roll(before, shift, axis=1))
 
 
 def test_workspace_raster_matches_point_in_polygon_on_pixel_centres():
     vertices, counts = scenes(30, seed=6)
-    images = arm.rasterise_workspace(vertices, counts, chunk=7)
-    xs, ys = arm.pixel_centres()
+    images = geometry.rasterise_workspace(vertices, counts, chunk=7)
+    xs, ys = geometry.pixel_centres()
     centres = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)  # row-major: row = y, col = x
     assert images.shape == (30, 96, 96) and images.dtype == np.uint8 and images.any()
     for i in range(30):
@@ -162,7 +165,7 @@ def test_workspace_raster_matches_point_in_polygon_on_pixel_centres():
             if counts[i, j]:
                 expected |= Path(vertices[i, j, : counts[i, j]]).contains_points(centres)
         assert np.array_equal(images[i].ravel().astype(bool), expected)
-    ours = arm.points_in_polygons(np.broadcast_to(centres, (30, len(centres), 2)), vertices, counts).any(-1)
+    ours = geometry.points_in_polygons(np.broadcast_to(centres, (30, len(centres), 2)), vertices, counts).any(-1)
     assert np.array_equal(ours.reshape(30, 96, 96), images.astype(bool))
 
 
@@ -180,11 +183,12 @@ def test_sampled_tasks_are_labelled_on_the_torus():
     assert (batch.occupancy[n, batch.goal[:, 0], batch.goal[:, 1]] == 0).all()
     assert (batch.distances[n, batch.start[:, 0], batch.start[:, 1]] > 0).all()
     assert np.array_equal(
-        batch.occupancy, arm.cspace_occupancy(batch.extras["obstacle_vertices"], batch.extras["obstacle_counts"], 18)
+        batch.occupancy,
+        geometry.cspace_occupancy(batch.extras["obstacle_vertices"], batch.extras["obstacle_counts"], 18),
     )
     assert np.array_equal(
         batch.extras["workspace"],
-        arm.rasterise_workspace(batch.extras["obstacle_vertices"], batch.extras["obstacle_counts"]),
+        geometry.rasterise_workspace(batch.extras["obstacle_vertices"], batch.extras["obstacle_counts"]),
     )
     assert 0.02 < batch.occupancy.mean() < 0.5
     task = batch.task(0)
@@ -194,11 +198,11 @@ def test_sampled_tasks_are_labelled_on_the_torus():
 def test_bad_geometry_input_is_rejected():
     vertices, counts = scenes(2, seed=8)
     with pytest.raises(ValueError, match="vertices"):
-        arm.cspace_occupancy(vertices[..., :1], counts, 18)
+        geometry.cspace_occupancy(vertices[..., :1], counts, 18)
     with pytest.raises(ValueError, match="counts"):
-        arm.cspace_occupancy(vertices, counts[:, :2], 18)
+        geometry.cspace_occupancy(vertices, counts[:, :2], 18)
     with pytest.raises(ValueError, match="bins"):
-        arm.cspace_occupancy(vertices, counts, 1)
+        geometry.cspace_occupancy(vertices, counts, 1)
     with pytest.raises(ValueError, match="at least 3"):
         arm.arm_task([np.zeros((2, 2))], goal=(0, 0), start=(0, 1))
     with pytest.raises(ValueError, match="bins"):

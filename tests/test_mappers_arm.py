@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from idp_agents.mappers import ArmCSpaceMapper, cspace_accuracy, cspace_bce_loss, cspace_planner_maps
+from idp_envs import arm_geometry as geometry
 from idp_envs.envs import arm
 
 
@@ -75,7 +76,7 @@ def test_rotated_workspaces_give_nearly_rolled_polar_images(batch):
     vertices, counts = batch.extras["obstacle_vertices"], batch.extras["obstacle_counts"]
     angle = 2 * 2 * np.pi / 18  # two first-joint bins = 8 polar rows
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    rotated = arm.rasterise_workspace(arm.BASE + (vertices - arm.BASE) @ rot.T, counts)
+    rotated = geometry.rasterise_workspace(geometry.BASE + (vertices - geometry.BASE) @ rot.T, counts)
     polar = mapper.polar(torch.from_numpy(batch.extras["workspace"]))
     polar_rot = mapper.polar(torch.from_numpy(rotated))
     assert polar.sum() > 0

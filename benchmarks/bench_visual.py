@@ -95,15 +95,15 @@ def bench_loading(path: Path, batch_size: int = 32, repeats: int = 8) -> dict:
     """Median milliseconds to read a random batch from the view store, and of one training step on it."""
     import torch
 
-    from idp_agents.mappers import cspace_planner_maps, make_mapper
+    from idp_agents.mappers import make_mapper
+    from idp_agents.planner_input import mapped_planner_maps, task_tensors
     from idp_agents.planners import make_planner
     from idp_agents.training import batch_rows, planner_loss
-    from idp_envs.tasks import TaskBatch
 
     loaded, _ = datasets.load_dataset(path)
     train = loaded["train"]
     store = train.extras["views"]
-    labels = datasets.task_tensors(TaskBatch(*(getattr(train, k) for k in TaskBatch.ARRAYS), train.topology))
+    labels = task_tensors(train)
     mapper = make_mapper("views", train.occupancy.shape[1:])
     planner = make_planner("id-convgppn")
     optimizer = torch.optim.RMSprop(list(mapper.parameters()) + list(planner.parameters()), lr=1e-3)
@@ -115,7 +115,7 @@ def bench_loading(path: Path, batch_size: int = 32, repeats: int = 8) -> dict:
         batch = batch_rows(store, idx)
         t1 = time.perf_counter()
         optimizer.zero_grad()
-        maps = cspace_planner_maps(mapper(batch), labels["goal"][idx])
+        maps = mapped_planner_maps(mapper(batch), labels["goal"][idx])
         planner_loss(planner(maps), labels["optimal_actions"][idx]).backward()
         optimizer.step()
         t2 = time.perf_counter()

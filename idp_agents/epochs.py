@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from idp_agents.distributed import epoch_order, rank_and_world, sum_over_ranks
-from idp_agents.mappers import cspace_accuracy, cspace_bce_loss, cspace_planner_maps
+from idp_agents.mappers import cspace_accuracy, cspace_bce_loss
+from idp_agents.planner_input import mapped_planner_maps
 from idp_agents.training import (
     FixedPointStats,
     action_accuracy,
@@ -36,7 +37,7 @@ def first_batch_step(planner, mapper, train: dict, batch_size: int) -> None:
     if mapper is not None:
         map_logits = mapper(batch_rows(train["mapper_input"], idx))
         loss = cspace_bce_loss(map_logits, true_maps[:, 0])
-        maps = cspace_planner_maps(map_logits, train["goal"][idx])
+        maps = mapped_planner_maps(map_logits, train["goal"][idx])
     loss = loss + planner_loss(planner(maps, step=0), optimal)
     loss.backward()
 
@@ -74,7 +75,7 @@ def evaluate(planner, mapper, data: dict, batch_size: int) -> tuple[PlanningMetr
         return evaluate_planner(planner, data, batch_size), None
     logits = mapper_logits(mapper, data["mapper_input"], batch_size, data["goal"].device)
     accuracy = float(cspace_accuracy(logits, data["maps"][:, 0]))
-    maps = cspace_planner_maps(logits, data["goal"])
+    maps = mapped_planner_maps(logits, data["goal"])
     return evaluate_planner(planner, data, batch_size, planner_maps=maps), accuracy
 
 
@@ -114,7 +115,7 @@ def train_epoch(
                 1.0 if phase == "mapper" else settings.map_loss_weight
             )
         if phase in ("planner", "joint"):
-            maps = true_maps if phase == "planner" else cspace_planner_maps(map_logits, data["goal"][dev_idx])
+            maps = true_maps if phase == "planner" else mapped_planner_maps(map_logits, data["goal"][dev_idx])
             output = planner(maps, step=epoch * math.ceil(n / settings.batch_size) + batches)
             logits = output.logits
             loss = loss + planner_loss(output, optimal)

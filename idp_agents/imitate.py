@@ -43,6 +43,7 @@ from idp_agents.epochs import (
     train_epoch,
 )
 from idp_agents.mappers import make_mapper, mapper_input_key
+from idp_agents.planner_input import task_tensors
 from idp_agents.planners import FIXED_POINT_KEYS, make_planner, step_hyperparameters
 from idp_agents.policy import PlannerPolicy, legacy_planner_kwargs
 from idp_agents.run_config import FIELD_OF_FIXED_POINT, RunConfig
@@ -59,7 +60,7 @@ from idp_agents.run_files import (
 from idp_agents.run_flags import build_parser, parse_config, resume_differences
 from idp_agents.step_cost import MemoryBudgetExceeded, apply_memory_budget
 from idp_envs import resolve_env_id, size_kwargs, view_store
-from idp_envs.datasets import DatasetError, ensure_dataset, task_tensors
+from idp_envs.datasets import DatasetError, ensure_dataset
 from idp_envs.files import atomic_write
 from idp_envs.tasks import TaskBatch
 from rollouts.video import showcase_gif
@@ -91,8 +92,7 @@ def split_data(batch: TaskBatch, input_key: str | None, device: torch.device) ->
     unlabelled = int((~batch.optimal_actions.reshape(len(batch.optimal_actions), -1).any(axis=1)).sum())
     if unlabelled:
         raise ValueError(f"{unlabelled} maps of the dataset have no cell with an optimal action (goal unreachable)")
-    eager = {k: v for k, v in batch.extras.items() if not isinstance(v, view_store.ViewStore)}
-    data = task_tensors(TaskBatch(*(getattr(batch, k) for k in TaskBatch.ARRAYS), batch.topology, eager), device)
+    data = task_tensors(batch, device)  # extras on disk (a view store) stay there
     if input_key is not None:
         if input_key not in batch.extras:
             raise ValueError(f"the dataset has no {input_key!r} for the mapper (extras: {sorted(batch.extras)})")

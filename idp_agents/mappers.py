@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from idp_agents.planner_input import mapped_planner_maps
 from idp_envs import arm_geometry as geometry
 
 
@@ -155,20 +156,6 @@ def cspace_accuracy(logits: Tensor, cspace: Tensor) -> Tensor:
     return ((logits > 0) == cspace.bool()).float().mean()
 
 
-def cspace_planner_maps(obstacle_logits: Tensor, goal: Tensor) -> Tensor:
-    """The planners' (B, 2, n, n) input from mapped C-space logits: [sigmoid occupancy, goal one-hot].
-
-    Differentiable in the logits, so a planner's loss trains the mapper end to end.
-    """
-    b, h, w = obstacle_logits.shape
-    goal = goal.to(obstacle_logits.device, torch.long)
-    if goal.shape != (b, 2):
-        raise ValueError(f"goal must have shape ({b}, 2) (row, col), got {tuple(goal.shape)}")
-    goal_map = torch.zeros_like(obstacle_logits)
-    goal_map[torch.arange(b, device=goal.device), goal[:, 0], goal[:, 1]] = 1.0
-    return torch.stack([torch.sigmoid(obstacle_logits), goal_map], dim=1)
-
-
 class VisualMapper(nn.Module):
     """Panoramic views to obstacle logits, the visual-navigation mapper of GPPN and the implicit-planning paper.
 
@@ -216,7 +203,7 @@ class VisualMapper(nn.Module):
     # the same map loss, accuracy and planner input as every mapper's
     loss = staticmethod(cspace_bce_loss)
     accuracy = staticmethod(cspace_accuracy)
-    planner_maps = staticmethod(cspace_planner_maps)
+    planner_maps = staticmethod(mapped_planner_maps)
 
 
 MAPPER_INPUTS = ("workspace", "views")

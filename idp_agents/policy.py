@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from idp_agents.checkpoints import CheckpointError, load_checkpoint
-from idp_agents.mappers import cspace_planner_maps, make_mapper
+from idp_agents.mappers import make_mapper
+from idp_agents.planner_input import mapped_planner_maps, planner_maps
 from idp_agents.planners import PLANNERS, Planner, make_planner, step_hyperparameters
 from idp_envs import grid
 
@@ -141,11 +142,9 @@ class PlannerPolicy:
                     f"occupancy and goal must both be (H, W) or (n, H, W) maps, got {occupancy.shape}, {goal.shape}"
                 )
             cells = goal_cells(goal)  # a goal map with no goal, or two, has nothing to plan towards
-            goal = np.zeros(goal.shape, dtype=np.float32)
-            goal[np.arange(len(goal)), cells[:, 0], cells[:, 1]] = 1.0
-            return torch.from_numpy(np.stack([occupancy.astype(np.float32), goal], axis=1)).to(self.device)
+            return planner_maps(torch.from_numpy(occupancy).to(self.device), torch.from_numpy(cells))
         logits = self.mapper(torch.from_numpy(np.ascontiguousarray(obs[self.mapper_input])).to(self.device))
-        return cspace_planner_maps(logits, torch.from_numpy(goal_cells(goal)).to(self.device))
+        return mapped_planner_maps(logits, torch.from_numpy(goal_cells(goal)))
 
     def _planned(self, obs: dict) -> list[tuple[np.ndarray, np.ndarray]]:
         """(logits (4, H, W), value (H, W)) per item of a batched observation, planning only what is not cached."""

@@ -47,8 +47,6 @@ __all__ = [
     "layout_keys",
     "load_dataset",
     "save_dataset",
-    "task_tensors",
-    "torch_dataset",
 ]
 SPLITS = ("train", "val", "test")
 CHUNK_BYTES = 512 * 2**20  # memory for one batch of tasks being sampled and labelled
@@ -233,48 +231,6 @@ def import_gppn(path: str | os.PathLike, seed: int = 0) -> tuple[dict[str, TaskB
         "counts": {k: len(v) for k, v in splits.items()},
     }
     return splits, metadata
-
-
-def task_tensors(batch: TaskBatch, device=None) -> dict:
-    """The arrays of a `TaskBatch` as torch tensors; ``maps`` is the planners' (N, 2, H, W) float input."""
-    import torch
-
-    maps = np.zeros((len(batch), 2, *batch.occupancy.shape[1:]), dtype=np.float32)
-    maps[:, 0] = batch.occupancy
-    maps[np.arange(len(batch)), 1, batch.goal[:, 0], batch.goal[:, 1]] = 1.0
-    out = {
-        "maps": torch.from_numpy(maps),
-        "optimal_actions": torch.from_numpy(batch.optimal_actions),
-        "distances": torch.from_numpy(batch.distances.astype(np.int64)),
-        "goal": torch.from_numpy(batch.goal),
-        "start": torch.from_numpy(batch.start),
-    }
-    out.update({k: torch.from_numpy(np.require(v, requirements="CW")) for k, v in batch.extras.items()})
-    return {k: v.to(device) for k, v in out.items()} if device is not None else out
-
-
-def torch_dataset(batch: TaskBatch):
-    """A `torch.utils.data.Dataset` over a split: item i is a dict of tensors (see `task_tensors`); extras that are
-    on disk (a view store) stay there and are read per item."""
-    import torch
-    from torch.utils.data import Dataset
-
-    from idp_envs.view_store import ViewStore
-
-    lazy = {k: v for k, v in batch.extras.items() if isinstance(v, ViewStore)}
-    eager = {k: v for k, v in batch.extras.items() if k not in lazy}
-    tensors = task_tensors(TaskBatch(*(getattr(batch, k) for k in TaskBatch.ARRAYS), batch.topology, eager))
-
-    class PlanningDataset(Dataset):
-        def __len__(self):
-            return len(batch)
-
-        def __getitem__(self, i):
-            item = {k: v[i] for k, v in tensors.items()}
-            item.update({k: torch.from_numpy(np.array(v[i])) for k, v in lazy.items()})
-            return item
-
-    return PlanningDataset()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from idp_agents.implicit import FixedPointConfig, NonConvergenceWarning, solve_fixed_point, spectral_radius
+from idp_agents.planner_input import task_tensors
 from idp_agents.planners import make_planner
 from idp_agents.planners.base import bounded_value_filter
 from idp_agents.training import FixedPointStats, planner_loss
-from idp_envs.datasets import task_tensors
 from idp_envs.tasks import sample_maze_tasks
 
 

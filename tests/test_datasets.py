@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from idp_agents.planner_input import PlanningDataset
 from idp_envs import datasets, grid
 
 
@@ -41,7 +42,7 @@ def test_round_trip_and_torch_dataset(tmp_path, small_splits):
     for name in splits:
         for key in splits[name].ARRAYS:
             assert np.array_equal(getattr(loaded[name], key), getattr(splits[name], key))
-    ds = datasets.torch_dataset(loaded["val"])
+    ds = PlanningDataset(loaded["val"])
     assert isinstance(ds, torch.utils.data.Dataset) and len(ds) == 20
     item = ds[3]
     assert item["maps"].shape == (2, 7, 7) and item["optimal_actions"].shape == (4, 7, 7)

@@ -11,10 +11,11 @@ import torch
 import idp_envs  # noqa: F401
 from idp_agents import epochs, imitate, run_files
 from idp_agents.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from idp_agents.planner_input import task_tensors
 from idp_agents.planners import PLANNERS
 from idp_agents.policy import PlannerPolicy
 from idp_envs import render
-from idp_envs.datasets import load_dataset, task_tensors
+from idp_envs.datasets import load_dataset
 from rollouts.episodes import ReplayTasks
 from rollouts.metrics import hitting_times, policy_metrics
 from rollouts.video import FOOTER, HEADER, showcase_order

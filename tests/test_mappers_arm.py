@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from idp_agents.mappers import ArmCSpaceMapper, cspace_accuracy, cspace_bce_loss, cspace_planner_maps
+from idp_agents.mappers import ArmCSpaceMapper, cspace_accuracy, cspace_bce_loss
+from idp_agents.planner_input import mapped_planner_maps
 from idp_envs import arm_geometry as geometry
 from idp_envs.envs import arm
 
@@ -46,7 +47,7 @@ def test_bad_arguments_raise_value_errors():
     with pytest.raises(ValueError, match="same shape"):
         cspace_bce_loss(torch.zeros(2, 18, 18), torch.zeros(2, 36, 36))
     with pytest.raises(ValueError, match="goal"):
-        cspace_planner_maps(torch.zeros(2, 18, 18), torch.zeros(2, 3, dtype=torch.long))
+        mapped_planner_maps(torch.zeros(2, 18, 18), torch.zeros(2, 3, dtype=torch.long))
 
 
 def test_polar_image_puts_an_obstacle_at_its_angle_and_radius():
@@ -98,7 +99,7 @@ def test_bce_loss_and_accuracy_helpers():
 
 def test_planner_maps_are_differentiable_occupancy_and_goal():
     logits = torch.randn(2, 18, 18, requires_grad=True)
-    maps = cspace_planner_maps(logits, torch.tensor([[3, 4], [17, 0]]))
+    maps = mapped_planner_maps(logits, torch.tensor([[3, 4], [17, 0]]))
     assert maps.shape == (2, 2, 18, 18)
     assert torch.allclose(maps[:, 0], torch.sigmoid(logits))
     assert maps[0, 1, 3, 4] == 1 and maps[1, 1, 17, 0] == 1 and maps[:, 1].sum() == 2

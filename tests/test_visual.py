@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from idp_agents.mappers import VisualMapper
+from idp_agents.planner_input import PlanningDataset, task_tensors
 from idp_envs import datasets, grid, view_store, views
 from idp_envs.tasks import PlanningTask
 
@@ -188,7 +189,7 @@ def test_view_store_is_rendered_by_workers_and_loaded_lazily(view_dataset):
     rows = stored[2:4]  # a slice stays on disk, as a memory map's does
     assert isinstance(rows, view_store.ViewStore) and np.array_equal(rows[1], stored[3])
     assert np.array_equal(pickle.loads(pickle.dumps(stored))[5], stored[5])  # for data-loader workers
-    item = datasets.torch_dataset(loaded["val"])[1]
+    item = PlanningDataset(loaded["val"])[1]
     assert item["views"].shape == (7, 7, 4, 32, 32, 3) and item["views"].dtype == torch.uint8
     assert item["maps"].shape == (2, 7, 7)
 
@@ -313,7 +314,9 @@ def test_visual_mapper_shapes_loss_and_validation():
 def test_visual_mapper_learns_maps_from_rendered_views(view_dataset):
     path, _ = view_dataset
     loaded, _ = datasets.load_dataset(path)
-    train = datasets.task_tensors(loaded["train"].subset(slice(0, 3)))  # copies the memory-mapped views
+    split = loaded["train"].subset(slice(0, 3))
+    train = task_tensors(split)  # the views stay on disk, read here
+    train["views"] = torch.from_numpy(np.asarray(split.extras["views"]))
     torch.manual_seed(0)
     mapper = VisualMapper()
     optimiser = torch.optim.Adam(mapper.parameters(), lr=1e-3)

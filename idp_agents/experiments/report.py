@@ -107,8 +107,9 @@ def time_step(planner, maps: torch.Tensor, optimal: torch.Tensor, repeats: int =
 def measure_step_times(sweep: Sweep, device: torch.device) -> list[dict]:
     """Forward/backward time vs K of each trained (task, planner, K), on a training-size batch of its test maps
     (true maps: a mapper's cost does not grow with K); cached in the report folder."""
+    from idp_agents.planner_input import task_tensors
     from idp_agents.policy import PlannerPolicy
-    from idp_envs.datasets import load_dataset, task_tensors
+    from idp_envs.datasets import load_dataset
 
     cache = sweep.report_dir() / "step_times.csv"
     rows = {}
@@ -135,9 +136,9 @@ def measure_step_times(sweep: Sweep, device: torch.device) -> list[dict]:
 
 def evaluate_generalisation(sweep: Sweep, device: torch.device) -> list[dict]:
     """Success of every trained run of the generalisation task on fresh mazes of each test size (cached)."""
+    from idp_agents.planner_input import task_tensors
     from idp_agents.policy import PlannerPolicy
     from idp_agents.training import evaluate_planner
-    from idp_envs.datasets import task_tensors
     from idp_envs.tasks import sample_maze_tasks
 
     spec_g = sweep.generalisation

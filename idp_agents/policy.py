@@ -26,11 +26,9 @@ def batched_observation(obs: dict) -> tuple[dict, bool]:
 
 
 def goal_cells(goal: np.ndarray) -> np.ndarray:
-    """(n, 2) goal cells from (n, H, W) one-hot goal maps or (n, 2) cells."""
-    if goal.ndim == 2 and goal.shape[1] == 2:
-        if not np.issubdtype(goal.dtype, np.integer):
-            raise ValueError(f"goal cells must be integers (row, col), got {goal.dtype}")
-        return goal.astype(np.int64)
+    """(n, 2) goal cells from (n, H, W) one-hot goal maps, the goal every IDP env observes."""
+    if goal.ndim != 3:
+        raise ValueError(f"goal must be an (H, W) one-hot map or (n, H, W) maps, got shape {goal.shape}")
     if goal.ndim == 3 and (goal.reshape(len(goal), -1) != 0).sum(axis=1).min(initial=1) == 0:
         raise ValueError("a goal map has no goal (all zeros); it needs exactly one nonzero cell")
     return grid.goal_cells(goal)

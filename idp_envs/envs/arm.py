@@ -252,7 +252,8 @@ class ArmCSpaceEnv(GridPlanningEnv):
 
 
 class ArmWorkspaceEnv(ArmCSpaceEnv):
-    """The arm task seen from the workspace: a (96, 96) obstacle image plus goal and current joint bins.
+    """The arm task seen from the workspace: a (96, 96) obstacle image, the goal (a one-hot map over the C-space's
+    joint bins, as every IDP env gives it) and the current joint bins.
 
     The true C-space is not observed; it stays available as a label in ``info["cspace"]`` and in datasets
     (``occupancy``), for training a mapper from workspace images to C-spaces.
@@ -263,7 +264,7 @@ class ArmWorkspaceEnv(ArmCSpaceEnv):
         return spaces.Dict(
             {
                 "workspace": spaces.Box(0, 1, (IMAGE_SIZE, IMAGE_SIZE), np.uint8),
-                "goal": spaces.Box(0, n - 1, (2,), np.int64),
+                "goal": spaces.Box(0, 1, (n, n), np.uint8),
                 "position": spaces.Box(0, n - 1, (2,), np.int64),
             }
         )
@@ -285,7 +286,7 @@ class ArmWorkspaceEnv(ArmCSpaceEnv):
     def observation(self) -> dict[str, np.ndarray]:
         return {
             "workspace": self.workspace_image().copy(),
-            "goal": np.array(self.task.goal, dtype=np.int64),
+            "goal": self.goal_map(),
             "position": self.position.copy(),
         }
 

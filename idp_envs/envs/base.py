@@ -68,10 +68,14 @@ class GridPlanningEnv(gym.Env):
             }
         )
 
-    def observation(self) -> dict[str, np.ndarray]:
+    def goal_map(self) -> np.ndarray:
+        """The goal as every IDP env observes it: an (H, W) uint8 one-hot map."""
         goal = np.zeros(self.shape, dtype=np.uint8)
         goal[self.task.goal] = 1
-        return {"occupancy": self.task.occupancy.copy(), "goal": goal, "position": self.position.copy()}
+        return goal
+
+    def observation(self) -> dict[str, np.ndarray]:
+        return {"occupancy": self.task.occupancy.copy(), "goal": self.goal_map(), "position": self.position.copy()}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

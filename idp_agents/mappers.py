@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -206,7 +207,11 @@ class VisualMapper(nn.Module):
     planner_maps = staticmethod(mapped_planner_maps)
 
 
-MAPPER_INPUTS = ("workspace", "views")
+# the registry: the observation key a mapper reads -> a builder from the map's (H, W) shape
+MAPPERS: dict[str, Callable[[tuple[int, int]], nn.Module]] = {
+    "workspace": lambda shape: ArmCSpaceMapper(bins=int(shape[0])),  # workspace image -> C-space
+    "views": lambda shape: VisualMapper(),  # panoramic views of every cell -> maze
+}
 
 
 def mapper_input_key(observation_keys) -> str | None:
@@ -214,16 +219,14 @@ def mapper_input_key(observation_keys) -> str | None:
     keys = set(observation_keys)
     if "occupancy" in keys:
         return None
-    for key in MAPPER_INPUTS:
+    for key in MAPPERS:
         if key in keys:
             return key
     raise ValueError(f"no map and no mapper for observations with keys {sorted(keys)}")
 
 
 def make_mapper(input_key: str, shape: tuple[int, int]) -> nn.Module:
-    """The learned mapper for an observation key: workspace images -> C-space, panoramic views -> maze."""
-    if input_key == "workspace":
-        return ArmCSpaceMapper(bins=int(shape[0]))
-    if input_key == "views":
-        return VisualMapper()
-    raise ValueError(f"no mapper for observation key {input_key!r}; mappers exist for {MAPPER_INPUTS}")
+    """The registered mapper (`MAPPERS`) for an observation key, for maps of ``shape``."""
+    if input_key not in MAPPERS:
+        raise ValueError(f"no mapper for observation key {input_key!r}; mappers exist for {tuple(MAPPERS)}")
+    return MAPPERS[input_key](tuple(shape))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from idp_agents.solvers import SOLVERS, SolverInfo, get_solver
+from idp_agents.solvers import SOLVERS, SolverBuffers, SolverInfo, get_solver
 
 __all__ = [
     "FixedPointConfig",
@@ -330,6 +330,7 @@ def _attach_implicit_backward(
     info: FixedPointInfo,
     transposed_jacobian: TransposedJacobian | None = None,
     keep: Tensor | None = None,
+    buffers: SolverBuffers | None = None,
 ) -> Tensor:
     """Return a view of fz whose incoming gradient g is replaced by the solution of w = J^T w + g, with g zeroed
     for the samples outside ``keep`` (B,) when given.
@@ -353,7 +354,7 @@ def _attach_implicit_backward(
                 return product(w) + grad
             return torch.autograd.grad(fz, z_star, w, retain_graph=True)[0] + grad
 
-        w, solver_info = solver(backward_step, grad, config.k_bwd, config.tol_bwd)
+        w, solver_info = solver(backward_step, grad, config.k_bwd, config.tol_bwd, buffers=buffers)
         if config.gradient_gain_cap is not None:
             w = w * _gain_limit(w, grad, config.gradient_gain_cap)
         info.backward.append(solver_info)
@@ -401,6 +402,7 @@ def _solve_stragglers(
     z_star: Tensor,
     info: SolverInfo,
     config: FixedPointConfig,
+    buffers: SolverBuffers | None = None,
 ) -> tuple[Tensor, SolverInfo]:
     """Continue the samples of a toleranced forward solve that ended above ``tol_fwd`` (and did not diverge) for up
     to ``k_fwd_stragglers`` iterations, on their own, with ``solver_stragglers``; z* and an info covering both solves.
@@ -417,7 +419,9 @@ def _solve_stragglers(
     f = restrict(index)
     if config.forward_dtype is not None:
         f = _autocast_step(f, z_star, FORWARD_DTYPES[config.forward_dtype])
-    z_more, more = get_solver(config.solver_stragglers)(f, z_star[index], config.k_fwd_stragglers, config.tol_fwd)
+    z_more, more = get_solver(config.solver_stragglers)(
+        f, z_star[index], config.k_fwd_stragglers, config.tol_fwd, buffers=buffers
+    )
     better = (more.final_residual < info.final_residual[index]).view(-1, *[1] * (z_more.dim() - 1))
     z_star = z_star.index_copy(0, index, torch.where(better, z_more, z_star[index]))
     final = info.final_residual.index_copy(0, index, torch.minimum(more.final_residual, info.final_residual[index]))
@@ -437,6 +441,7 @@ def solve_fixed_point(
     transposed_jacobian: TransposedJacobian | None = None,
     restrict: Restriction | None = None,
     step: int | None = None,
+    buffers: SolverBuffers | None = None,
 ) -> tuple[Tensor, FixedPointInfo]:
     """Find z = f(z) from z0 as ``config`` says; gradients reach whatever f closes over through the output.
 
@@ -446,7 +451,7 @@ def solve_fixed_point(
     solve in place of autograd's vector-Jacobian products through f's graph. ``restrict(indices)``, if given,
     returns f for those samples of the batch alone (a LongTensor of indices): the stragglers' continuation
     (``k_fwd_stragglers``) needs it. ``step``: the training step's index, for the regularisers' schedule
-    (``jac_reg_every``).
+    (``jac_reg_every``). ``buffers``: the solvers' history buffers, reused across solves by their owner (a planner).
     """
     config.validate()
     training = torch.is_grad_enabled()
@@ -465,10 +470,11 @@ def solve_fixed_point(
 
     with torch.no_grad():
         f_solve = f if config.forward_dtype is None else _autocast_step(f, z0, FORWARD_DTYPES[config.forward_dtype])
-        z_star, forward_info = get_solver(config.solver_fwd)(f_solve, z0.detach(), config.k_fwd, config.tol_fwd)
+        solver = get_solver(config.solver_fwd)
+        z_star, forward_info = solver(f_solve, z0.detach(), config.k_fwd, config.tol_fwd, buffers=buffers)
         within_cap = forward_info
         if config.k_fwd_stragglers and config.tol_fwd is not None and restrict is not None:
-            z_star, forward_info = _solve_stragglers(restrict, z_star, forward_info, config)
+            z_star, forward_info = _solve_stragglers(restrict, z_star, forward_info, config, buffers)
     _check_divergence(forward_info, "forward", config.solver_fwd, config.on_divergence)
     _check_convergence(forward_info, "forward", config.tol_fwd)
     info = FixedPointInfo(forward=forward_info, jac_loss=None)
@@ -495,4 +501,4 @@ def solve_fixed_point(
         return z, info
     if not fz.requires_grad:
         return fz, info
-    return _attach_implicit_backward(fz, z_star, config, info, transposed_jacobian, keep), info
+    return _attach_implicit_backward(fz, z_star, config, info, transposed_jacobian, keep, buffers), info

@@ -29,35 +29,40 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SOLVERS", "SolverInfo", "anderson", "broyden", "clear_workspaces", "forward_iteration", "get_solver"]
+__all__ = ["SOLVERS", "SolverBuffers", "SolverInfo", "anderson", "broyden", "forward_iteration", "get_solver"]
 
 RESIDUAL_EPS = 1e-12
 EXPLOSION_FACTOR = 1e3
 EXPLOSION_LIMIT = 1e6
 WORKSPACE_SLOTS = 8
 
-_workspaces: dict[tuple, tuple[Tensor, ...]] = {}
 
+class SolverBuffers:
+    """History buffers that Anderson and Broyden reuse from one solve to the next, owned by whoever passes them
+    (a `Planner` keeps one; a solve given none allocates its own). Keyed by solver, shape, dtype and device; a
+    set in use is taken out, so a solve nested in another's step gets its own; at most ``slots`` sets are kept."""
 
-def _take_workspace(key: tuple, build: Callable[[], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
-    """Buffers for ``key`` from the cache (removed while in use), or freshly built ones.
+    def __init__(self, slots: int = WORKSPACE_SLOTS) -> None:
+        self.slots = slots
+        self.sets: dict[tuple, tuple[Tensor, ...]] = {}
 
-    Buffers made under ``torch.inference_mode`` cannot be written outside it, so the mode is part of the key.
-    """
-    buffers = _workspaces.pop((*key, torch.is_inference_mode_enabled()), None)
-    return build() if buffers is None else buffers
+    def take(self, key: tuple, build: Callable[[], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+        """Buffers for ``key`` (removed while in use), or freshly built ones. Buffers made under
+        ``torch.inference_mode`` cannot be written outside it, so the mode is part of the key."""
+        buffers = self.sets.pop((*key, torch.is_inference_mode_enabled()), None)
+        return build() if buffers is None else buffers
 
+    def give(self, key: tuple, buffers: tuple[Tensor, ...]) -> None:
+        """Return buffers for the next solve, dropping the oldest set beyond ``slots``."""
+        self.sets[(*key, torch.is_inference_mode_enabled())] = buffers
+        while len(self.sets) > self.slots:
+            self.sets.pop(next(iter(self.sets)))
 
-def _give_workspace(key: tuple, buffers: tuple[Tensor, ...]) -> None:
-    """Return buffers to the cache, dropping the oldest entry beyond WORKSPACE_SLOTS."""
-    _workspaces[(*key, torch.is_inference_mode_enabled())] = buffers
-    while len(_workspaces) > WORKSPACE_SLOTS:
-        _workspaces.pop(next(iter(_workspaces)))
+    def clear(self) -> None:
+        self.sets.clear()
 
-
-def clear_workspaces() -> None:
-    """Free the cached solver buffers."""
-    _workspaces.clear()
+    def __deepcopy__(self, memo) -> SolverBuffers:  # a copied planner starts with its own, empty buffers
+        return SolverBuffers(self.slots)
 
 
 def _read_host(count: Tensor, *flags: Tensor) -> tuple[int, tuple[bool, ...]]:
@@ -231,8 +236,10 @@ def forward_iteration(
     max_iter: int,
     tol: float | None = None,
     check_every: int = 5,
+    buffers: SolverBuffers | None = None,
 ) -> tuple[Tensor, SolverInfo]:
-    """Plain iteration z <- f(z); returns the best checked iterate (z after max_iter - 1 steps when none degrade)."""
+    """Plain iteration z <- f(z); returns the best checked iterate (z after max_iter - 1 steps when none degrade).
+    It keeps no history, so ``buffers`` (taken for a uniform signature) is unused."""
     _validate(z0, max_iter, tol, check_every)
     f_flat = _flat(f, z0)
     x = z0.reshape(z0.shape[0], -1)
@@ -255,6 +262,7 @@ def anderson(
     lam: float = 1e-4,
     beta: float = 1.0,
     check_every: int = 5,
+    buffers: SolverBuffers | None = None,
 ) -> tuple[Tensor, SolverInfo]:
     """Anderson acceleration with memory ``m``, mixing ``beta`` and Tikhonov regularisation ``lam``.
 
@@ -283,7 +291,8 @@ def anderson(
         return history, torch.empty_like(history), x.new_empty(batch, m, m), identity, x.new_ones(batch, m, 1)
 
     key = ("anderson", batch, x.shape[1], m, x.dtype, x.device)
-    workspace = _take_workspace(key, build)
+    buffers = buffers or SolverBuffers()
+    workspace = buffers.take(key, build)
     history_x, history_g, gram, identity, ones = workspace
     tiny = torch.finfo(x.dtype).tiny ** 0.5
     monitor = _ConvergenceMonitor(x, max_iter, tol, check_every)
@@ -304,7 +313,7 @@ def anderson(
         alpha = _anderson_weights(h, ones[:, :n], fallback=identity[0, slot, :n])
         # beta * sum(alpha F) + (1 - beta) * sum(alpha X), with F = X + G
         x = torch.bmm(alpha[:, None], xs)[:, 0] + beta * torch.bmm(alpha[:, None], gs)[:, 0]
-    _give_workspace(key, workspace)
+    buffers.give(key, workspace)
     return monitor.result(z0.shape)
 
 
@@ -325,6 +334,7 @@ def broyden(
     max_iter: int,
     tol: float | None = None,
     check_every: int = 5,
+    buffers: SolverBuffers | None = None,
 ) -> tuple[Tensor, SolverInfo]:
     """Broyden's ("good") method on g(z) = f(z) - z with a low-rank inverse Jacobian -I + U^T V.
 
@@ -338,9 +348,8 @@ def broyden(
     rank = max(max_iter - 1, 1)
     key = ("broyden", batch, x.shape[1], rank, x.dtype, x.device)
     # Slot r is written before any product reads it (products read slots < r): empty is enough.
-    workspace = _take_workspace(
-        key, lambda: (x.new_empty(batch, rank, x.shape[1]), x.new_empty(batch, rank, x.shape[1]))
-    )
+    buffers = buffers or SolverBuffers()
+    workspace = buffers.take(key, lambda: (x.new_empty(batch, rank, x.shape[1]), x.new_empty(batch, rank, x.shape[1])))
     us, vts = workspace
     tiny = torch.finfo(x.dtype).tiny ** 0.5
     monitor = _ConvergenceMonitor(x, max_iter, tol, check_every)
@@ -359,7 +368,7 @@ def broyden(
     fx = f_flat(x)
     gx = fx - x
     if monitor.observe(1, x, fx):
-        _give_workspace(key, workspace)
+        buffers.give(key, workspace)
         return monitor.result(z0.shape)
     for iteration in range(2, max_iter + 1):
         r = iteration - 2
@@ -378,7 +387,7 @@ def broyden(
         us[:, r] = torch.where(usable[:, None], u, 0.0)
         vts[:, r] = torch.where(usable[:, None], vt, 0.0)
         x, gx = x_new, gx_new
-    _give_workspace(key, workspace)
+    buffers.give(key, workspace)
     return monitor.result(z0.shape)
 
 

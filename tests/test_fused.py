@@ -6,6 +6,7 @@ order); fixed points and logits after a 30-iteration solve to 1e-4 of their scal
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -22,7 +23,7 @@ from idp_agents.planners.fused import (
     plain_steps,
     shifted_taps,
 )
-from idp_agents.solvers import _workspaces, anderson, broyden, clear_workspaces
+from idp_agents.solvers import SolverBuffers, anderson, broyden
 
 CASES = [
     ("id-vin", dict(l_h=8, l_q=10)),
@@ -217,23 +218,33 @@ def test_compile_setting_is_validated():
 
 @pytest.mark.parametrize("solver", [anderson, broyden])
 def test_solver_buffers_are_reused_and_give_identical_solves(solver):
-    clear_workspaces()
+    buffers = SolverBuffers()
     step = torch.nn.Linear(6, 6)
     with torch.no_grad():
         step.weight.mul_(0.3)
     z0 = torch.randn(4, 6)
-    first, _ = solver(lambda z: torch.tanh(step(z)), z0, 12)
-    buffers = [t.data_ptr() for t in next(iter(_workspaces.values()))]
+    first, _ = solver(lambda z: torch.tanh(step(z)), z0, 12, buffers=buffers)
+    kept = [t.data_ptr() for t in next(iter(buffers.sets.values()))]
     nested = []
 
     def f_with_inner_solve(z: torch.Tensor) -> torch.Tensor:
-        nested.append(solver(lambda y: torch.tanh(step(y)), z0, 12)[0])  # same shape, inside the outer solve
+        nested.append(solver(lambda y: torch.tanh(step(y)), z0, 12, buffers=buffers)[0])  # inside the outer solve
         return torch.tanh(step(z))
 
-    second, _ = solver(f_with_inner_solve, z0, 12)
+    second, _ = solver(f_with_inner_solve, z0, 12, buffers=buffers)
     assert torch.equal(first, second)
     assert all(torch.equal(first, inner) for inner in nested)
-    assert sorted(buffers) == sorted(t.data_ptr() for t in _workspaces[next(iter(_workspaces))])
+    assert sorted(kept) == sorted(t.data_ptr() for t in buffers.sets[next(iter(buffers.sets))])
+    alone, _ = solver(lambda z: torch.tanh(step(z)), z0, 12)  # no owner: its own buffers, the same solve
+    assert torch.equal(first, alone)
+
+
+def test_each_planner_owns_its_solver_buffers():
+    planner, other = make_planner("id-vin", l_h=4, l_q=5), make_planner("id-vin", l_h=4, l_q=5)
+    with torch.no_grad():
+        planner(random_maps(2, 7, 7))
+    assert planner.solver_buffers.sets and not other.solver_buffers.sets
+    assert not copy.deepcopy(planner).solver_buffers.sets  # a copy starts with its own
 
 
 def test_reduced_precision_forward_solve_keeps_a_float32_state_and_backward():

@@ -20,7 +20,6 @@ from idp_agents import imitate
 from idp_agents.experiments.sweeps import RunSpec, Sweep, run_config
 from idp_agents.run_config import RunConfig
 from idp_agents.run_flags import write_config_file
-from idp_agents.solvers import clear_workspaces
 from idp_envs.files import atomic_write
 
 STATUSES = ("done", "out of memory", "diverged", "failed", "not run")
@@ -58,7 +57,6 @@ def execute_in_process(config: RunConfig, log: Path) -> str | None:
     """Run in this process, its output to ``log``; the error line and traceback of a failure, or None."""
     with open(log, "a") as f, contextlib.redirect_stdout(f):
         try:
-            clear_workspaces()  # free the previous run's cached solver buffers
             imitate.run(config)
         except Exception as exc:  # recorded as the run's result; the sweep goes on
             return f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idp_agents.implicit import FixedPointConfig, FixedPointInfo, solve_fixed_point, spectral_radius
-from idp_agents.solvers import RESIDUAL_EPS, anderson
+from idp_agents.solvers import RESIDUAL_EPS, SolverBuffers, anderson
 from idp_envs.grid import check_topology
 
 
@@ -189,6 +189,7 @@ class Planner(nn.Module):
         super().__init__()
         self.step = step
         self.fixed_point = fixed_point
+        self.solver_buffers = SolverBuffers()  # the solvers' history, reused from one solve to the next
 
     @property
     def topology(self) -> str:
@@ -205,6 +206,7 @@ class Planner(nn.Module):
             transposed_jacobian=lambda z_star: self.step.transposed_jacobian(z_star, ctx),
             restrict=lambda index: self._step_on(maps[index]),
             step=step,
+            buffers=self.solver_buffers,
         )
         return PlannerOutput(logits=self.step.head(z, ctx), value=self.step.value_map(z), info=info)
 
@@ -244,5 +246,6 @@ class Planner(nn.Module):
         """
         with torch.no_grad():
             ctx = self.step.encode(check_maps(maps))
-            z_star, _ = anderson(lambda z: self.step(z, ctx), self.step.initial_state(ctx), solve_iterations, 1e-6)
+            z0 = self.step.initial_state(ctx)
+            z_star, _ = anderson(lambda z: self.step(z, ctx), z0, solve_iterations, 1e-6, buffers=self.solver_buffers)
         return spectral_radius(lambda z: self.step(z, ctx), z_star, iterations)

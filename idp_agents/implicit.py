@@ -18,16 +18,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from idp_agents.jacobian import (
+    jacobian_frobenius_estimate,
+    per_sample,
+    per_sample_norm,
+    spectral_radius_penalty,
+)
 from idp_agents.solvers import SOLVERS, SolverBuffers, SolverInfo, get_solver
 
 __all__ = [
     "FixedPointConfig",
     "FixedPointInfo",
     "NonConvergenceWarning",
-    "jacobian_frobenius_estimate",
     "solve_fixed_point",
-    "spectral_radius_penalty",
-    "spectral_radius",
 ]
 
 MODES = ("unrolled", "implicit")
@@ -38,41 +41,30 @@ FORWARD_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 @dataclass
 class FixedPointConfig:
-    """How the fixed point is reached and differentiated (the paper's defaults for implicit planners).
+    """How the fixed point is reached and differentiated. Why each default is what it is, with the measurements:
+    docs/design.md, "Defaults, and why".
 
-    Both solves stop once every sample's relative residual is at most their tolerance (1e-4, as the paper's code)
-    or their budget is spent; a solve that ends above its tolerance is counted in its ``SolverInfo.converged`` and
-    warned about (``NonConvergenceWarning``, once per process). ``None``: run the whole budget, no host reads.
-    A batched solve runs until its slowest sample converges, so ``k_fwd`` bounds the whole batch's work; the samples
-    still above ``tol_fwd`` after it (the stragglers) get up to ``k_fwd_stragglers`` iterations more, solved on their
-    own from where they stand, at the cost of those few samples only (when the caller can restrict the step to them,
-    as planners do; 0: none), by ``solver_stragglers``: the plain iteration by default, which converges wherever
-    the fixed point attracts, where Anderson's extrapolation can stall (measured on a trained ID-ConvGPPN: of 41
-    training maps Anderson left above 1e-4 after 200 + 800 iterations, and 29 of them still after 6,000 on their
-    own, the plain iteration brought all 41 below it within 1,000). The solve's info then covers both; the
-    regularisers' "unconverged" weights still mark the samples that missed ``tol_fwd`` within ``k_fwd`` (the slow
-    ones, nearest to losing the fixed point).
+    Both solves stop once every sample's relative residual is at most their tolerance, or their budget is spent; a
+    solve that ends above its tolerance is counted in its ``SolverInfo.converged`` and warned about
+    (``NonConvergenceWarning``, once per process). ``None``: run the whole budget, no host reads. A batched solve
+    runs until its slowest sample converges, so ``k_fwd`` bounds the whole batch's work; the samples still above
+    ``tol_fwd`` after it (the stragglers) get up to ``k_fwd_stragglers`` iterations more, solved on their own by
+    ``solver_stragglers`` (when the caller can restrict the step to them, as planners do; 0: none). The solve's info
+    then covers both; the regularisers' "unconverged" weights mark the samples that missed ``tol_fwd`` within
+    ``k_fwd``.
 
-    ``phantom_damping`` is the damping lambda of the phantom gradient's steps z <- z + lambda (f(z) - z)
-    (Geng et al., 2021); 1.0 with one step is the one-step (Jacobian-free) gradient. The Jacobian regulariser
-    (Bai et al., 2021) weighs each sample by ``jac_reg_weight``, or by ``jac_reg_unconverged`` (when set) if its
-    forward solve missed ``tol_fwd``: a pull toward a contraction where the fixed point is being lost that leaves
-    the samples where it holds alone. The spectral penalty ``spectral_reg_weight`` * relu(rho - ``spectral_target``)^2
-    acts on each sample's spectral radius rho of J at z* (``spectral_iterations`` steps of power iteration): it
-    keeps the fixed point attracting, which a bound on ||J||_F only implies far from it; ``spectral_reg_unconverged``
-    (when set) is its weight on the samples whose forward solve missed ``tol_fwd``. Both regularisers follow the
-    ``jac_reg_every`` schedule: they act on the training steps whose index (the ``step`` a solve is given) is a
-    multiple of it.
-    ``drop_unconverged`` keeps the samples whose forward solve missed ``tol_fwd`` out of the implicit (or phantom)
-    gradient: they have no fixed point to differentiate at, and the linear solve's answer there is not a gradient of
-    anything (measured on a trained ID-ConvGPPN, one such sample in 32 turned the batch gradient's cosine with a
-    converged reference from 1.00 to 0.45). Their loss still trains what acts after the solve (the policy head), and
-    the regularisers still act on them. ``gradient_gain_cap`` c scales each sample's implicit gradient w down to
-    ||w|| <= c ||g||: w = (I - J^T)^-1 g grows without bound as J's spectral radius nears 1, and one such sample
-    can fill a batch's clipped gradient. ``forward_dtype``
-    ("bfloat16" or "float16") runs the implicit forward solve's steps under autocast to that dtype (meant for CUDA),
-    casting each step's output back to the state's dtype; the final step with autograd and the backward stay in full
-    precision.
+    ``phantom_damping`` is the damping lambda of the phantom gradient's ``phantom_steps`` steps
+    z <- z + lambda (f(z) - z) (Geng et al., 2021). The Jacobian regulariser (Bai et al., 2021) weighs each sample
+    by ``jac_reg_weight``, or by ``jac_reg_unconverged`` (when set) if its forward solve missed ``tol_fwd``. The
+    spectral penalty ``spectral_reg_weight`` * relu(rho - ``spectral_target``)^2 acts on each sample's spectral
+    radius rho of J at z* (``spectral_iterations`` steps of power iteration), ``spectral_reg_unconverged`` its
+    weight on the unconverged samples. Both act on the training steps whose index (the ``step`` a solve is given) is
+    a multiple of ``jac_reg_every``. ``drop_unconverged`` keeps the samples whose forward solve missed ``tol_fwd``
+    out of the implicit (or phantom) gradient: they have no fixed point to differentiate at; their loss still trains
+    what acts after the solve, and the regularisers still act on them. ``gradient_gain_cap`` c scales each sample's
+    implicit gradient w down to ||w|| <= c ||g||. ``forward_dtype`` ("bfloat16" or "float16") runs the implicit
+    forward solve's steps under autocast to that dtype (meant for CUDA), casting each step's output back to the
+    state's dtype; the final step with autograd and the backward stay in full precision.
     """
 
     mode: str = "implicit"
@@ -154,18 +146,6 @@ class FixedPointInfo:
     over_cap: Tensor | None = None  # (B,) above tol_fwd after k_fwd iterations, before the stragglers' continuation
 
 
-def jacobian_frobenius_estimate(fz: Tensor, z: Tensor, weight: Tensor | float = 1.0) -> Tensor:
-    """Hutchinson estimate of ||df/dz||_F^2 / numel per sample, times ``weight`` (a scalar or one per sample),
-    averaged over the batch; differentiable.
-
-    Uses one Rademacher probe eps: E ||eps^T J||^2 = ||J||_F^2. ``z`` must require grad and ``fz`` depend on it.
-    """
-    probe = torch.randint(0, 2, fz.shape, device=fz.device).to(fz.dtype).mul_(2).sub_(1)
-    (vjp,) = torch.autograd.grad(fz, z, probe, create_graph=True)
-    per_sample = vjp.pow(2).flatten(1).sum(dim=1) / vjp[0].numel()
-    return (per_sample * weight).mean()
-
-
 def sample_weights(
     weight: float, unconverged: float | None, config: FixedPointConfig, forward: SolverInfo | None
 ) -> Tensor | float | None:
@@ -204,64 +184,6 @@ def _check_convergence(info: SolverInfo, what: str, tol: float | None) -> None:
         NonConvergenceWarning,
         stacklevel=3,
     )
-
-
-def _per_sample_norm(v: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(v.flatten(1), dim=1)
-
-
-def _per_sample(values: Tensor, like: Tensor) -> Tensor:
-    """(B,) values (a mask or factors) shaped to broadcast over ``like`` (B, ...), in its dtype."""
-    return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
-
-def _unit(v: Tensor) -> Tensor:
-    return v / _per_sample(_per_sample_norm(v).clamp_min(torch.finfo(v.dtype).tiny), v)
-
-
-def _power_iteration(fz: Tensor, z: Tensor, v: Tensor, iterations: int) -> tuple[Tensor, list[Tensor]]:
-    """``iterations`` steps v <- J^T v / ||v|| through fz's graph (kept); the last unit vector and each step's
-    log growth ||J^T v|| per sample."""
-    log_growth = []
-    for _ in range(iterations):
-        v = _unit(v)
-        (v,) = torch.autograd.grad(fz, z, v, retain_graph=True)
-        log_growth.append(torch.log(_per_sample_norm(v)))
-    return _unit(v), log_growth
-
-
-def spectral_radius(f: Callable[[Tensor], Tensor], z: Tensor, iterations: int = 40, seed: int = 0) -> Tensor:
-    """(B,) estimate of the spectral radius of J = df/dz at z, per sample, by power iteration on J^T.
-
-    J^T has J's spectrum and costs one vector-Jacobian product per iteration. The estimate is the geometric mean of
-    the per-iteration growth ||J^T v|| / ||v|| over the second half of the iterations, which also settles when the
-    dominant eigenvalues are a complex pair. Below 1, the step is locally a contraction at z.
-    """
-    if iterations < 2:
-        raise ValueError(f"iterations must be at least 2, got {iterations}")
-    generator = torch.Generator(device=z.device).manual_seed(seed)
-    z = z.detach().requires_grad_()
-    with torch.enable_grad():
-        fz = f(z)
-    v = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-    _, log_growth = _power_iteration(fz, z, v, iterations)
-    return torch.stack(log_growth[iterations // 2 :]).mean(dim=0).exp().detach()
-
-
-def spectral_radius_penalty(
-    fz: Tensor, z: Tensor, target: float, iterations: int, weight: Tensor | float = 1.0
-) -> tuple[Tensor, Tensor]:
-    """Differentiable penalty mean_b w_b relu(rho_b - target)^2 on each sample's spectral radius at z, and rho (B,);
-    ``weight`` w is a scalar or one per sample.
-
-    rho_b = ||J^T v_b|| for the unit vector v_b that ``iterations`` steps of power iteration (without a graph) leave;
-    only that last product is differentiated, so the cost is ``iterations`` vector-Jacobian products plus one with
-    create_graph. ``z`` must require grad and ``fz`` = f(z) depend on it.
-    """
-    v, _ = _power_iteration(fz, z, torch.randn_like(z), iterations)
-    (product,) = torch.autograd.grad(fz, z, v, create_graph=True)
-    rho = _per_sample_norm(product)
-    return (torch.relu(rho - target).pow(2) * weight).mean(), rho.detach()
 
 
 def _add_regularisers(
@@ -345,7 +267,7 @@ def _attach_implicit_backward(
         if grad is None:
             return None
         if keep is not None:
-            grad = grad * _per_sample(keep, grad)
+            grad = grad * per_sample(keep, grad)
 
         product = None if transposed_jacobian is None else transposed_jacobian(z_star.detach())
 
@@ -369,9 +291,9 @@ def _attach_implicit_backward(
 
 def _gain_limit(w: Tensor, grad: Tensor, cap: float) -> Tensor:
     """Per-sample factor (broadcastable over w) that brings ||w|| down to at most cap * ||grad||."""
-    limit, norm = cap * _per_sample_norm(grad), _per_sample_norm(w)
+    limit, norm = cap * per_sample_norm(grad), per_sample_norm(w)
     factor = torch.where(norm > limit, limit / norm.clamp_min(torch.finfo(w.dtype).tiny), 1.0)
-    return _per_sample(factor, w)
+    return per_sample(factor, w)
 
 
 def _damped_steps(f: Callable[[Tensor], Tensor], z: Tensor, fz: Tensor, config: FixedPointConfig) -> Tensor:
@@ -497,7 +419,7 @@ def solve_fixed_point(
     if config.gradient == "phantom":
         z = _damped_steps(f, z_star, fz, config)
         if keep is not None and z.requires_grad:
-            z.register_hook(lambda grad: grad * _per_sample(keep, grad))
+            z.register_hook(lambda grad: grad * per_sample(keep, grad))
         return z, info
     if not fz.requires_grad:
         return fz, info

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from idp_agents.implicit import FixedPointConfig, NonConvergenceWarning, solve_fixed_point, spectral_radius
+from idp_agents.implicit import FixedPointConfig, NonConvergenceWarning, solve_fixed_point
+from idp_agents.jacobian import spectral_radius
 from idp_agents.planner_input import task_tensors
 from idp_agents.planners import make_planner
 from idp_agents.planners.base import bounded_value_filter

@@ -6,13 +6,8 @@ import warnings
 import pytest
 import torch
 
-from idp_agents.implicit import (
-    FixedPointConfig,
-    FixedPointInfo,
-    jacobian_frobenius_estimate,
-    solve_fixed_point,
-    spectral_radius_penalty,
-)
+from idp_agents.implicit import FixedPointConfig, FixedPointInfo, solve_fixed_point
+from idp_agents.jacobian import jacobian_frobenius_estimate, spectral_radius_penalty
 from idp_agents.training import FixedPointStats
 
 DOUBLE = torch.float64

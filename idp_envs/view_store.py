@@ -31,7 +31,8 @@ import numpy as np
 
 from idp_envs.dataset_files import DatasetError, read_dataset
 from idp_envs.files import atomic_write
-from idp_envs.views import DIRECTIONS, VIEW_SIZE, shared_renderer
+from idp_envs.maze_scene import DIRECTIONS
+from idp_envs.views import VIEW_SIZE, shared_renderer
 
 STORE_VERSION = 2
 CODEC = "zstd"

@@ -14,7 +14,7 @@ import torch
 
 from idp_agents.mappers import VisualMapper
 from idp_agents.planner_input import PlanningDataset, task_tensors
-from idp_envs import datasets, grid, view_store, views
+from idp_envs import datasets, grid, maze_scene, view_store, views
 from idp_envs.tasks import PlanningTask
 
 N, W, S, E = range(4)
@@ -105,16 +105,16 @@ def test_renderer_rejects_bad_maps():
 
 def test_scene_has_walls_only_where_a_free_cell_meets_an_obstacle_all_facing_its_centre():
     height = 2.74
-    geometry = views.maze_geometry(CORRIDOR, height)
+    geometry = maze_scene.maze_geometry(CORRIDOR, height)
     assert {part: len(arrays[0]) // 4 for part, arrays in geometry.items()} == {"wall": 12, "floor": 5, "ceil": 5}
     for part, (vertices, normals, texcoords) in geometry.items():
         quads = vertices.reshape(-1, 4, 3)
         assert normals.shape == vertices.shape and texcoords.shape == (len(vertices), 2)
         # the cell each quad belongs to: the free cell whose square holds the quad's centre nudged along its normal
         centres = quads.mean(axis=1) + 0.01 * normals.reshape(-1, 4, 3)[:, 0]
-        cells = np.floor(centres[:, [2, 0]] / views.CELL_METRES).astype(int)
+        cells = np.floor(centres[:, [2, 0]] / maze_scene.CELL_METRES).astype(int)
         assert (CORRIDOR[cells[:, 0], cells[:, 1]] == 0).all()
-        eyes = np.stack([cells[:, 1] + 0.5, np.zeros(len(cells)), cells[:, 0] + 0.5], axis=1) * views.CELL_METRES
+        eyes = np.stack([cells[:, 1] + 0.5, np.zeros(len(cells)), cells[:, 0] + 0.5], axis=1) * maze_scene.CELL_METRES
         eyes[:, 1] = views.CAMERA_HEIGHT
         winding = np.cross(quads[:, 1] - quads[:, 0], quads[:, 2] - quads[:, 0])  # counter-clockwise: front
         assert (np.einsum("qi,qi->q", winding, eyes - quads[:, 0]) > 0).all(), f"{part} culled from its own cell"
@@ -126,7 +126,7 @@ def test_scene_has_walls_only_where_a_free_cell_meets_an_obstacle_all_facing_its
 def test_camera_matrices_put_the_eye_at_the_origin_looking_down_minus_z():
     rng = np.random.default_rng(0)
     eyes, yaws = rng.normal(size=(6, 3)) * 5, rng.uniform(-np.pi, np.pi, 6)
-    matrices = views.look_matrices(eyes, yaws).reshape(-1, 4, 4).transpose(0, 2, 1)  # column-major -> rows
+    matrices = maze_scene.look_matrices(eyes, yaws).reshape(-1, 4, 4).transpose(0, 2, 1)  # column-major -> rows
     forward = np.stack([np.cos(yaws), np.zeros(6), -np.sin(yaws)], axis=1)
 
     def apply(points):

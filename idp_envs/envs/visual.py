@@ -10,7 +10,8 @@ from gymnasium import spaces
 
 from idp_envs import render
 from idp_envs.envs.maze import GridMazeEnv
-from idp_envs.views import DIRECTIONS, VIEW_SIZE
+from idp_envs.maze_scene import DIRECTIONS
+from idp_envs.views import VIEW_SIZE
 
 
 class VisualMazeEnv(GridMazeEnv):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from idp_agents import solvers
+from idp_agents import solver_state
 from idp_agents.solvers import SOLVERS, SolverInfo, anderson, broyden, forward_iteration, get_solver
 from idp_agents.training import HOST_SYNC_OPS
 
@@ -244,7 +244,7 @@ def test_a_solve_reads_nothing_on_the_host_and_stops_at_the_first_done_check(nam
     """No synchronising read inside a solve, with or without a tolerance. With one, the solve stops at the first
     check that sees every sample converged, or at the next check where that check's flag is read late (CUDA's
     path, forced here on the CPU)."""
-    monkeypatch.setattr(solvers, "_lagged_stop", lambda device: lagged)
+    monkeypatch.setattr(solver_state, "_lagged_stop", lambda device: lagged)
     f, exact = linear_contraction(batch=4, n=24, radius=0.5)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         z, info = get_solver(name)(f, torch.zeros_like(exact), 200, tol=tol, check_every=5)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from idp_agents.epochs import LR_SCHEDULES
-from idp_agents.implicit import DIVERGENCE_POLICIES, FORWARD_DTYPES, GRADIENTS, FixedPointConfig
+from idp_agents.fixed_point_config import DIVERGENCE_POLICIES, FORWARD_DTYPES, GRADIENTS, FixedPointConfig
 from idp_agents.planners import FIXED_POINT_KEYS, PLANNERS, step_hyperparameters
 from idp_agents.planners.convgppn import CELLS
 from idp_agents.planners.fused import COMPILE_CHOICES

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from idp_agents.implicit import FixedPointInfo
+from idp_agents.fixed_point_config import FixedPointInfo
 from idp_agents.planners import Planner
 from idp_agents.planners.base import PlannerOutput
 from idp_agents.solvers import SolverInfo

@@ -7,7 +7,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from idp_agents.implicit import FixedPointConfig
+from idp_agents.fixed_point_config import FixedPointConfig
 from idp_agents.planners.base import BellmanStep, Planner, PlannerOutput, PlannerTrace
 from idp_agents.planners.convgppn import ConvGPPNStep
 from idp_agents.planners.symvin import SteerableConv, SymVINStep

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from idp_agents.implicit import FixedPointConfig, FixedPointInfo, solve_fixed_point
+from idp_agents.fixed_point_config import FixedPointConfig, FixedPointInfo
+from idp_agents.implicit import solve_fixed_point
 from idp_agents.jacobian import spectral_radius
 from idp_agents.solvers import RESIDUAL_EPS, SolverBuffers, anderson
 from idp_envs.grid import check_topology

@@ -19,11 +19,18 @@ def dataset_config(run: dict) -> RunConfig:
     return RunConfig(**{k: run[k] for k in DATASET_FIELDS if k in run})
 
 
-def load_with_split(path: str, split: str = "train") -> tuple[PlannerPolicy, dict]:
-    """The checkpoint's policy and a split ("train", "val", "test") of the dataset it was trained on (on the CPU)."""
+def load_with_splits(path: str, names: tuple[str, ...]) -> tuple[PlannerPolicy, list[dict]]:
+    """The checkpoint's policy and the named splits ("train", "val", "test") of the dataset it was trained on (on
+    the CPU), the checkpoint and the dataset each read once."""
     trained = PlannerPolicy.load(path)
     splits, _ = load_or_generate_dataset(dataset_config(trained.config["run"]))
-    return trained, split_data(splits[split], None, torch.device("cpu"))
+    return trained, [split_data(splits[name], None, torch.device("cpu")) for name in names]
+
+
+def load_with_split(path: str, split: str = "train") -> tuple[PlannerPolicy, dict]:
+    """The checkpoint's policy and one split of the dataset it was trained on."""
+    trained, (data,) = load_with_splits(path, (split,))
+    return trained, data
 
 
 def rebuilt(trained: PlannerPolicy, **kwargs) -> Planner:

@@ -24,7 +24,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from benchmarks.trained import load_with_split
+from benchmarks.trained import load_with_splits
 from idp_agents.planners import Planner
 from idp_agents.training import evaluate_planner, planner_loss
 
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     for path in args.checkpoints:
-        trained, test = load_with_split(path, "test")
-        _, train = load_with_split(path, "train")
+        trained, (test, train) = load_with_splits(path, ("test", "train"))
         planner, base = trained.planner, trained.planner.fixed_point
         passes = []
         for label, fixed_point in forward_passes(args.k).items():

@@ -41,7 +41,8 @@ class FixedPointConfig:
     what acts after the solve, and the regularisers still act on them. ``gradient_gain_cap`` c scales each sample's
     implicit gradient w down to ||w|| <= c ||g||. ``forward_dtype`` ("bfloat16" or "float16") runs the implicit
     forward solve's steps under autocast to that dtype (meant for CUDA), casting each step's output back to the
-    state's dtype; the final step with autograd and the backward stay in full precision.
+    state's dtype; the final step with autograd and the backward stay in full precision. ``anderson_memory`` and
+    ``anderson_mixing`` are Anderson's memory m and mixing beta, in every solve that uses it.
     """
 
     mode: str = "implicit"
@@ -67,6 +68,8 @@ class FixedPointConfig:
     gradient_gain_cap: float | None = None
     on_divergence: str = "raise"
     forward_dtype: str | None = None
+    anderson_memory: int = 5
+    anderson_mixing: float = 1.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -84,7 +87,9 @@ class FixedPointConfig:
         for name, (value, valid) in choices.items():
             if value not in valid:
                 raise ValueError(f"FixedPointConfig.{name}={value!r} is not one of {', '.join(valid)}")
-        for name in ("k_fwd", "k_bwd", "phantom_steps", "jac_reg_every", "spectral_iterations"):
+        if not 0 < self.anderson_mixing <= 1:
+            raise ValueError(f"FixedPointConfig.anderson_mixing must lie in (0, 1], got {self.anderson_mixing}")
+        for name in ("k_fwd", "k_bwd", "phantom_steps", "jac_reg_every", "spectral_iterations", "anderson_memory"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FixedPointConfig.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("tol_fwd", "tol_bwd"):

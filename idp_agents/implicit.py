@@ -11,6 +11,7 @@ from vector-Jacobian products only, before autograd carries w on through f's gra
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -24,7 +25,7 @@ from idp_agents.jacobian import (
     per_sample_norm,
     spectral_radius_penalty,
 )
-from idp_agents.solvers import SolverBuffers, SolverInfo, get_solver
+from idp_agents.solvers import SolverBuffers, SolverInfo, anderson, get_solver
 
 __all__ = [
     "FixedPointConfig",
@@ -32,6 +33,14 @@ __all__ = [
     "NonConvergenceWarning",
     "solve_fixed_point",
 ]
+
+
+def configured_solver(config: FixedPointConfig, name: str) -> Callable[..., tuple[Tensor, SolverInfo]]:
+    """The solver ``name`` with the settings ``config`` gives it (Anderson's memory and mixing)."""
+    solver = get_solver(name)
+    if solver is anderson:
+        return functools.partial(solver, m=config.anderson_memory, beta=config.anderson_mixing)
+    return solver
 
 
 def sample_weights(
@@ -149,7 +158,7 @@ def _attach_implicit_backward(
     reach it: it fires exactly once per backward pass, and again, correctly, on a second retain_graph pass.
     The view also keeps the hook's closure (which holds fz) out of a reference cycle with fz.
     """
-    solver = get_solver(config.solver_bwd)
+    solver = configured_solver(config, config.solver_bwd)
 
     def implicit_gradient(grad: Tensor | None) -> Tensor | None:
         if grad is None:
@@ -229,7 +238,7 @@ def _solve_stragglers(
     f = restrict(index)
     if config.forward_dtype is not None:
         f = _autocast_step(f, z_star, FORWARD_DTYPES[config.forward_dtype])
-    z_more, more = get_solver(config.solver_stragglers)(
+    z_more, more = configured_solver(config, config.solver_stragglers)(
         f, z_star[index], config.k_fwd_stragglers, config.tol_fwd, buffers=buffers
     )
     better = (more.final_residual < info.final_residual[index]).view(-1, *[1] * (z_more.dim() - 1))
@@ -280,7 +289,7 @@ def solve_fixed_point(
 
     with torch.no_grad():
         f_solve = f if config.forward_dtype is None else _autocast_step(f, z0, FORWARD_DTYPES[config.forward_dtype])
-        solver = get_solver(config.solver_fwd)
+        solver = configured_solver(config, config.solver_fwd)
         z_star, forward_info = solver(f_solve, z0.detach(), config.k_fwd, config.tol_fwd, buffers=buffers)
         within_cap = forward_info
         if config.k_fwd_stragglers and config.tol_fwd is not None and restrict is not None:

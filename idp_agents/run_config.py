@@ -200,6 +200,20 @@ class RunConfig:
         fixed_point="forward_dtype",
         planner_default=True,
     )
+    anderson_memory: int | None = setting(
+        None,
+        f"Anderson's memory: past iterates each step combines ({planner_note('anderson_memory')})",
+        minimum=1,
+        fixed_point="anderson_memory",
+        planner_default=True,
+    )
+    anderson_mixing: float | None = setting(
+        None,
+        f"Anderson's mixing beta in (0, 1] ({planner_note('anderson_mixing')})",
+        positive=True,
+        fixed_point="anderson_mixing",
+        planner_default=True,
+    )
     # the Bellman step
     l_h: int | None = setting(None, "VIN/SymVIN hidden channels (default 150 for VIN)", minimum=1, step=True)
     l_q: int | None = setting(None, "VIN/SymVIN Q channels (default 100 for VIN)", minimum=1, step=True)

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from idp_agents import imitate
+from idp_agents.implicit import configured_solver
 from idp_agents.planners import FIXED_POINT_KEYS, make_planner
 from idp_agents.run_config import FIELD_OF_FIXED_POINT, RunConfig, setting
 from idp_agents.run_flags import (
@@ -97,6 +98,8 @@ def test_settings_reach_the_planner_and_programmatic_configs_are_checked_too():
     assert planner.fixed_point.phantom_steps == 3 and planner.fixed_point.forward_dtype == "bfloat16"
     assert planner.step.discount is None and planner.step.kernel == 3  # 0: the unbounded step
     assert RunConfig(clip=0).clip is None  # no clip
+    anderson = make_planner("id-vin", **RunConfig(anderson_memory=3, anderson_mixing=0.7).planner_kwargs())
+    assert configured_solver(anderson.fixed_point, "anderson").keywords == {"m": 3, "beta": 0.7}
     with pytest.raises(ValueError, match="--solver-bwd 'newton': choose one of"):
         RunConfig(solver_bwd="newton")
 

@@ -37,6 +37,11 @@ def setting(default, help: str = "", **metadata):
     return field(default=default, metadata={"help": help, **metadata})
 
 
+def planner_setting(key: str, help: str, **metadata):
+    """A RunConfig field for the fixed-point setting ``key`` whose None means the planner's own default."""
+    return setting(None, help, fixed_point=key, planner_default=True, **metadata)
+
+
 def planner_note(key: str) -> str:
     """'default D; P V, ...' for a fixed-point setting: its default and the planners whose own defaults differ."""
     own = [f"{name} {spec.defaults[key]}" for name, spec in PLANNERS.items() if key in spec.defaults]
@@ -54,28 +59,22 @@ class RunConfig:
     size: int | None = setting(None, "map size, for ids that take one (IDP/GridMaze-v0)", minimum=1)
     planner: str = setting("id-vin", "the planner", choices=tuple(sorted(PLANNERS)))
     # fixed-point settings
-    k_fwd: int | None = setting(
-        None,
+    k_fwd: int | None = planner_setting(
+        "k_fwd",
         f"unrolled layers, or the implicit forward solver's iteration cap ({planner_note('k_fwd')})",
         flags=("--k-fwd", "--k"),
         minimum=1,
-        fixed_point="k_fwd",
-        planner_default=True,
     )
-    k_fwd_stragglers: int | None = setting(
-        None,
+    k_fwd_stragglers: int | None = planner_setting(
+        "k_fwd_stragglers",
         "iterations more for the samples still above --tol-fwd after --k, solved apart from their batch "
         f"({planner_note('k_fwd_stragglers')})",
         minimum=0,
-        fixed_point="k_fwd_stragglers",
-        planner_default=True,
     )
-    k_bwd: int | None = setting(
-        None,
+    k_bwd: int | None = planner_setting(
+        "k_bwd",
         f"the implicit backward solver's iteration cap ({planner_note('k_bwd')})",
         minimum=1,
-        fixed_point="k_bwd",
-        planner_default=True,
     )
     solver_fwd: str = setting(
         FixedPointConfig.solver_fwd, "the implicit forward solver", choices=SOLVER_NAMES, fixed_point="solver_fwd"
@@ -110,69 +109,51 @@ class RunConfig:
         choices=GRADIENTS,
         fixed_point="gradient",
     )
-    phantom_steps: int | None = setting(
-        None,
+    phantom_steps: int | None = planner_setting(
+        "phantom_steps",
         f"--gradient phantom: damped steps differentiated ({planner_note('phantom_steps')})",
         minimum=1,
-        fixed_point="phantom_steps",
-        planner_default=True,
     )
-    phantom_damping: float | None = setting(
-        None,
+    phantom_damping: float | None = planner_setting(
+        "phantom_damping",
         f"--gradient phantom: each step's damping lambda ({planner_note('phantom_damping')})",
         positive=True,
-        fixed_point="phantom_damping",
-        planner_default=True,
     )
-    jac_reg: float | None = setting(
-        None,
+    jac_reg: float | None = planner_setting(
+        "jac_reg_weight",
         "weight of the Jacobian regulariser on every sample (default: the planner's, 0 for all)",
         minimum=0,
-        fixed_point="jac_reg_weight",
-        planner_default=True,
     )
-    jac_reg_unconverged: float | None = setting(
-        None,
+    jac_reg_unconverged: float | None = planner_setting(
+        "jac_reg_unconverged",
         "weight of the Jacobian regulariser on the samples whose forward solve missed --tol-fwd instead "
         f"(default: --jac-reg; id-convgppn {PLANNERS['id-convgppn'].defaults['jac_reg_unconverged']})",
         minimum=0,
-        fixed_point="jac_reg_unconverged",
-        planner_default=True,
     )
-    jac_reg_every: int | None = setting(
-        None,
+    jac_reg_every: int | None = planner_setting(
+        "jac_reg_every",
         f"apply the regularisers every this many training steps ({planner_note('jac_reg_every')})",
         minimum=1,
-        fixed_point="jac_reg_every",
-        planner_default=True,
     )
-    spectral_reg: float | None = setting(
-        None,
+    spectral_reg: float | None = planner_setting(
+        "spectral_reg_weight",
         "weight of the penalty relu(rho - --spectral-target)^2 on each sample's spectral radius rho at its fixed "
         f"point (default: the planner's; id-convgppn {PLANNERS['id-convgppn'].defaults.get('spectral_reg_weight', 0)})",
         minimum=0,
-        fixed_point="spectral_reg_weight",
-        planner_default=True,
     )
-    spectral_reg_unconverged: float | None = setting(
-        None,
+    spectral_reg_unconverged: float | None = planner_setting(
+        "spectral_reg_unconverged",
         "weight of that penalty on the samples whose forward solve missed --tol-fwd instead (default: --spectral-reg)",
         minimum=0,
-        fixed_point="spectral_reg_unconverged",
-        planner_default=True,
     )
-    spectral_target: float | None = setting(
-        None,
+    spectral_target: float | None = planner_setting(
+        "spectral_target",
         f"spectral radius above which --spectral-reg penalises ({planner_note('spectral_target')})",
-        fixed_point="spectral_target",
-        planner_default=True,
     )
-    spectral_iterations: int | None = setting(
-        None,
+    spectral_iterations: int | None = planner_setting(
+        "spectral_iterations",
         f"power-iteration steps of each spectral-radius estimate ({planner_note('spectral_iterations')})",
         minimum=1,
-        fixed_point="spectral_iterations",
-        planner_default=True,
     )
     drop_unconverged: bool = setting(
         FixedPointConfig.drop_unconverged,
@@ -180,12 +161,10 @@ class RunConfig:
         flags=("--keep-unconverged",),
         fixed_point="drop_unconverged",
     )
-    gradient_gain_cap: float | None = setting(
-        None,
+    gradient_gain_cap: float | None = planner_setting(
+        "gradient_gain_cap",
         "scale each sample's implicit gradient w down to ||w|| <= cap ||g|| (default: the planner's, none)",
         positive=True,
-        fixed_point="gradient_gain_cap",
-        planner_default=True,
     )
     on_divergence: str = setting(
         FixedPointConfig.on_divergence,
@@ -193,26 +172,20 @@ class RunConfig:
         choices=DIVERGENCE_POLICIES,
         fixed_point="on_divergence",
     )
-    forward_dtype: str | None = setting(
-        None,
+    forward_dtype: str | None = planner_setting(
+        "forward_dtype",
         "run the implicit forward solve's steps in this dtype (meant for CUDA; default: the state's)",
         choices=tuple(FORWARD_DTYPES),
-        fixed_point="forward_dtype",
-        planner_default=True,
     )
-    anderson_memory: int | None = setting(
-        None,
+    anderson_memory: int | None = planner_setting(
+        "anderson_memory",
         f"Anderson's memory: past iterates each step combines ({planner_note('anderson_memory')})",
         minimum=1,
-        fixed_point="anderson_memory",
-        planner_default=True,
     )
-    anderson_mixing: float | None = setting(
-        None,
+    anderson_mixing: float | None = planner_setting(
+        "anderson_mixing",
         f"Anderson's mixing beta in (0, 1] ({planner_note('anderson_mixing')})",
         positive=True,
-        fixed_point="anderson_mixing",
-        planner_default=True,
     )
     # the Bellman step
     l_h: int | None = setting(None, "VIN/SymVIN hidden channels (default 150 for VIN)", minimum=1, step=True)

@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from benchmarks.bench_planners import random_maps, synchronize
+from benchmarks.bench_planners import random_maps
 from idp_agents.implicit import FixedPointConfig
 from idp_agents.planner_input import task_tensors
 from idp_agents.planners import Planner, make_planner
 from idp_agents.solvers import get_solver
+from idp_agents.step_cost import synchronize
 from idp_agents.training import evaluate_planner
 from idp_envs.tasks import sample_maze_tasks
 

@@ -98,13 +98,13 @@ def build_planner(
 def timed_step(planner: Planner, maps: Tensor, labels: Tensor) -> tuple[float, float]:
     """Seconds for the forward pass (with the loss) and for the backward pass."""
     planner.zero_grad(set_to_none=True)
-    return step_cost.timed_step(lambda: F.cross_entropy(planner(maps).logits, labels), maps.device)
+    return step_cost.timed_step(lambda: F.cross_entropy(planner(maps, step=0).logits, labels), maps.device)
 
 
 def peak_memory_bytes(planner: Planner, maps: Tensor, labels: Tensor) -> int:
     """Peak bytes allocated above the starting level during one forward + backward (see the module docstring)."""
     planner.zero_grad(set_to_none=True)
-    return step_cost.peak_bytes(lambda: F.cross_entropy(planner(maps).logits, labels).backward(), maps.device)
+    return step_cost.peak_bytes(lambda: F.cross_entropy(planner(maps, step=0).logits, labels).backward(), maps.device)
 
 
 def measure(name: str, mode: str, size: int, k: int, args: argparse.Namespace, device: torch.device) -> Measurement:
@@ -117,7 +117,9 @@ def measure(name: str, mode: str, size: int, k: int, args: argparse.Namespace, d
     times = [timed_step(planner, maps, labels) for _ in range(args.repeats)]
     peak = peak_memory_bytes(planner, maps, labels)
     planner.zero_grad(set_to_none=True)
-    syncs, operators = count_host_syncs_and_ops(lambda: F.cross_entropy(planner(maps).logits, labels).backward())
+    syncs, operators = count_host_syncs_and_ops(
+        lambda: F.cross_entropy(planner(maps, step=0).logits, labels).backward()
+    )
     return Measurement(
         planner=name,
         mode=mode,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from idp_envs import datasets, view_store, views
+from idp_envs import datasets, maze_scene, view_store, views
 
 
 def rss_mb(pid: int) -> float:
@@ -70,7 +70,7 @@ def bench_dataset(size: int, maps: int, workers: int, folder: Path) -> dict:
     with PeakMemory() as memory:
         store = view_store.render_dataset_views(path, splits, workers=workers)
     t2 = time.perf_counter()
-    free_views = int((splits["train"].occupancy == 0).sum()) * views.DIRECTIONS
+    free_views = int((splits["train"].occupancy == 0).sum()) * maze_scene.DIRECTIONS
     disk = sum(f.stat().st_blocks * 512 for f in store.iterdir())
     loaded, _ = datasets.load_dataset(path)  # lazily: touches nothing
     assert loaded["train"].extras["views"].shape[0] == maps
@@ -143,7 +143,7 @@ def bench_single_process(size: int, maps: int) -> dict:
     for occ, goal in zip(batch.occupancy[1:], batch.goal[1:], strict=True):
         renderer.render(occ, goal)
     t2 = time.perf_counter()
-    free_views = int((batch.occupancy[1:] == 0).sum()) * views.DIRECTIONS
+    free_views = int((batch.occupancy[1:] == 0).sum()) * maze_scene.DIRECTIONS
     return {
         "phase": "one process",
         "size": size,

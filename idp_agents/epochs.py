@@ -160,9 +160,6 @@ def train_epoch(
     return row
 
 
-PROBE_MAPS = 8
-
-
 def probe_spectral_radius(planner, data: dict) -> dict[str, float]:
     """Spectral radius of the step's Jacobian at its fixed point on the first validation maps (a fixed probe)."""
     radius = planner.spectral_radius(data["maps"][:PROBE_MAPS])

@@ -117,6 +117,10 @@ def run(config: RunConfig) -> dict:
 def train_and_report(config: RunConfig) -> dict:
     config = dataclasses.replace(config, env=resolve_env_id(config.env))  # the caller's config is left as it was
     planner_kwargs = config.planner_kwargs()
+    try:  # the step's own checks (an even kernel, a discount of 1.5) before any dataset is made
+        make_planner(config.planner, **planner_kwargs)
+    except ValueError as exc:
+        raise ValueError(f"--planner {config.planner}: {exc}") from None
     device = run_device(config.device)
     rank, world = rank_and_world()
     is_main = rank == 0

@@ -133,8 +133,8 @@ def _jac_loss_due(config: FixedPointConfig, step: int | None) -> bool:
         return True
     if step is None:
         raise ValueError(
-            f"jac_reg_every={config.jac_reg_every} regularises every {config.jac_reg_every}th training step: give "
-            "the solve the step's index (planner(maps, step=i))"
+            f"jac_reg_every={config.jac_reg_every} regularises one training step in {config.jac_reg_every}: give the "
+            "solve the step's index (planner(maps, step=i))"
         )
     return step % config.jac_reg_every == 0
 

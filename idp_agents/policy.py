@@ -26,10 +26,11 @@ def batched_observation(obs: dict) -> tuple[dict, bool]:
 
 
 def goal_cells(goal: np.ndarray) -> np.ndarray:
-    """(n, 2) goal cells from (n, H, W) one-hot goal maps, the goal every IDP env observes."""
+    """(n, 2) goal cells from (n, H, W) one-hot goal maps (a batched observation's), the goal every IDP env
+    observes."""
     if goal.ndim != 3:
         raise ValueError(f"goal must be an (H, W) one-hot map or (n, H, W) maps, got shape {goal.shape}")
-    if goal.ndim == 3 and (goal.reshape(len(goal), -1) != 0).sum(axis=1).min(initial=1) == 0:
+    if (goal.reshape(len(goal), -1) != 0).sum(axis=1).min(initial=1) == 0:
         raise ValueError("a goal map has no goal (all zeros); it needs exactly one nonzero cell")
     return grid.goal_cells(goal)
 
@@ -79,8 +80,8 @@ class PlannerPolicy:
     The plan of an observed (map, goal) pair is cached, so an episode runs the planner once, not once per step;
     the cache empties itself when the weights change. ``predict`` follows SB3: batched observations in, batched
     actions out, a single observation gives a single action; ``deterministic=True`` takes the argmax, otherwise an
-    action is sampled from the softmax with the policy's own generator ``rng`` (a seed or a numpy Generator; SB3's
-    evaluate_policy asks for deterministic actions by default).
+    action is sampled from the softmax with the policy's own generator ``rng`` (a seed, 0 by default, or a numpy
+    Generator; SB3's evaluate_policy asks for deterministic actions by default).
     """
 
     def __init__(
@@ -90,7 +91,7 @@ class PlannerPolicy:
         mapper: torch.nn.Module | None = None,
         mapper_input: str | None = None,
         cache_size: int = 256,
-        rng: np.random.Generator | int | None = None,
+        rng: np.random.Generator | int = 0,
     ):
         if (mapper is None) != (mapper_input is None):
             raise ValueError("a mapper needs the observation key it reads (mapper_input), and vice versa")
@@ -107,7 +108,7 @@ class PlannerPolicy:
         self.rng = np.random.default_rng(rng)
 
     @classmethod
-    def load(cls, path, device: str | torch.device = "cpu") -> PlannerPolicy:
+    def load(cls, path, device: str | torch.device = "cpu", rng: np.random.Generator | int = 0) -> PlannerPolicy:
         """Rebuild the planner (and mapper) a checkpoint of ``python -m idp_agents.imitate`` describes."""
         payload = load_checkpoint(path, map_location=device)
         try:
@@ -125,7 +126,7 @@ class PlannerPolicy:
                 f"{path}: its weights do not fit the planner its config describes ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0]}); was it written by another version of this library?"
             ) from exc
-        policy = cls(planner, device, mapper, mapper_input)
+        policy = cls(planner, device, mapper, mapper_input, rng=rng)
         policy.config = config
         return policy
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,19 @@ from idp_agents.solvers import SOLVERS
 def optional_float(text: str) -> float | None:
     """A float flag that also takes 'none'."""
     return None if text.lower() == "none" else float(text)
+
+
+def value_type(annotation) -> type:
+    """int for ``int | None``, and so on."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if isinstance(annotation, types.UnionType) else annotation
+
+
+def of_type(value, expected: type) -> bool:
+    """Whether ``value`` is a ``expected`` (an int is a float; a bool is neither an int nor a float)."""
+    if expected is bool or isinstance(value, bool):
+        return expected is bool and isinstance(value, bool)
+    return isinstance(value, (int, float)) if expected is float else isinstance(value, expected)
 
 
 def setting(default, help: str = "", **metadata):
@@ -280,10 +295,14 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the flag of the first invalid setting: before any dataset is made."""
+        hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             value, meta, flag = getattr(self, f.name), f.metadata, flag_of(f)
             if value is None:
                 continue
+            expected = value_type(hints[f.name])
+            if not of_type(value, expected):  # a config file's or a sweep's value, say "1e-3" or 2.5 for a count
+                raise ValueError(f"{flag} must be {expected.__name__}, got {value!r}")
             if meta.get("choices") and value not in meta["choices"]:
                 raise ValueError(f"{flag} {value!r}: choose one of {', '.join(map(str, meta['choices']))}")
             if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison, trains to NaN

@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import types
 import typing
 from pathlib import Path
 
-from idp_agents.run_config import RunConfig, option_strings
+from idp_agents.run_config import RunConfig, option_strings, value_type
 from idp_envs.files import atomic_write
 
 # settings a resumed run may change: where and how it runs, how long, what it prints; every other field must match
@@ -32,12 +31,6 @@ CHANGEABLE_ON_RESUME = (
 )
 # what a run had for a setting that its checkpoint predates, where that is not today's default
 BEFORE_THE_FLAG = {"lr_schedule": "constant", "solver_stragglers": "anderson"}
-
-
-def value_type(annotation) -> type:
-    """int for ``int | None``, and so on."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if isinstance(annotation, types.UnionType) else annotation
 
 
 def build_parser(

@@ -46,6 +46,7 @@ __all__ = [
     "import_gppn",
     "layout_keys",
     "load_dataset",
+    "read_dataset",
     "save_dataset",
 ]
 SPLITS = ("train", "val", "test")
@@ -125,12 +126,11 @@ def generate_splits(
     return splits, metadata
 
 
-def load_dataset(path: str | os.PathLike, with_views: bool = True) -> tuple[dict[str, TaskBatch], dict]:
-    """Read a dataset file (`read_dataset`: every split checked); with ``with_views``, its view store (VisualMaze)
-    is attached as the lazily read ``views`` extra."""
+def load_dataset(path: str | os.PathLike) -> tuple[dict[str, TaskBatch], dict]:
+    """Read a dataset file (`read_dataset`: every split checked, no views) and attach its view store (VisualMaze),
+    when it has one, as the lazily read ``views`` extra."""
     splits, meta = read_dataset(path)
-    if with_views:
-        view_store.attach_views(path, splits)
+    view_store.attach_views(path, splits)
     return splits, meta
 
 

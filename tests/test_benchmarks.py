@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +106,9 @@ def test_a_checkpoints_dataset_is_the_one_it_was_trained_on():
     assert str(dataset_config(run).dataset_path()) == "cache/IDP_GridMaze-v0-size9-8-2-3-seed1.npz"
     given = dataset_config(run | {"data": "maps/seed0.npz", "a_flag_from_later": 1})
     assert str(given.dataset_path()) == "maps/seed0.npz"
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in (Path(__file__).parents[1] / "benchmarks").glob("*.py")))
+def test_every_benchmark_script_imports(script):
+    """A benchmark is run by hand, rarely: at least its imports of the library must hold as the library changes."""
+    importlib.import_module(f"benchmarks.{script}")

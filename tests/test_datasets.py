@@ -34,7 +34,7 @@ def test_labels_are_consistent(small_splits):
     assert (s.distances[np.arange(len(s)), s.start[:, 0], s.start[:, 1]] > 0).all()
 
 
-def test_round_trip_and_torch_dataset(tmp_path, small_splits):
+def test_round_trip_and_planning_dataset(tmp_path, small_splits):
     splits, meta = small_splits
     path = datasets.save_dataset(tmp_path / "d.npz", splits, meta)
     loaded, meta2 = datasets.load_dataset(path)

@@ -111,8 +111,10 @@ def test_a_pickled_env_plays_on_as_the_original(env_id):
     env = gym.make(env_id, render_mode="rgb_array")
     env.reset(seed=4)
     copy = pickle.loads(pickle.dumps(env))
+    assert copy.unwrapped.np_random.bit_generator.state == env.unwrapped.np_random.bit_generator.state
     for x, y in zip(play_on(env), play_on(copy), strict=True):
         assert same(x, y)
+    assert same(env.reset()[0], copy.reset()[0])  # the next task, drawn from the copied generator
     env.close()
     copy.close()
 

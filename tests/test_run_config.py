@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from idp_agents import imitate
+from idp_agents import imitate, implicit
 from idp_agents.implicit import configured_solver
 from idp_agents.planners import FIXED_POINT_KEYS, make_planner
 from idp_agents.run_config import FIELD_OF_FIXED_POINT, RunConfig, setting
@@ -17,6 +17,12 @@ from idp_agents.run_flags import (
     resume_differences,
     write_config_file,
 )
+
+
+def out_flags(tmp_path) -> list[str]:
+    """--out in the test's folder: a config that wrongly passed would train there, not in the checkout."""
+    return ["--out", str(tmp_path / "run")]
+
 
 # a training setting added the way a maintainer would add one: one field
 Extended = dataclasses.make_dataclass(
@@ -61,6 +67,8 @@ def test_every_field_has_one_flag_and_every_fixed_point_setting_a_field():
         (["--k-fwd", "0"], "--k-fwd must be at least 1, got 0"),
         (["--planner", "convgppn", "--discount", "0.9"], "convgppn does not take ['discount']"),
         (["--lr", "nan"], "--lr must be a finite number"),
+        (["--planner", "vin", "--discount", "1.5"], "--planner vin: discount must lie in (0, 1)"),
+        (["--planner", "vin", "--kernel", "4"], "--planner vin: kernel must be a positive odd int"),
     ],
 )
 def test_a_bad_value_fails_before_any_dataset_naming_its_flag(tmp_path, flags, message):
@@ -83,12 +91,17 @@ def test_flags_beside_a_config_file_override_it(tmp_path):
         ('{"planner": ', "is not a JSON config file"),
         ("[1, 2]", "holds list, not a mapping"),
         ('{"planner": "gppn"}', "--planner 'gppn': choose one of"),
+        ('{"lr": [0.001]}', "--lr must be float, got [0.001]"),
+        ('{"k_fwd": 2.5}', "--k-fwd must be int, got 2.5"),
+        ('{"gif": 1}', "--no-gif must be bool, got 1"),
     ],
 )
 def test_a_bad_config_file_is_named(tmp_path, text, message):
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(SystemExit, match="error: .*" + message.replace("[", r"\[").replace("]", r"\]")):
-        imitate.main(["--config", str(tmp_path / "config.json"), "--cache-dir", str(tmp_path / "data")])
+        imitate.main(
+            ["--config", str(tmp_path / "config.json"), "--cache-dir", str(tmp_path / "data")] + out_flags(tmp_path)
+        )
     assert not (tmp_path / "data").exists()
 
 
@@ -109,12 +122,20 @@ def test_a_config_file_holds_every_field(tmp_path):
     assert set(json.loads((tmp_path / "config.json").read_text())) == {f.name for f in dataclasses.fields(RunConfig)}
 
 
-def test_a_regulariser_schedule_from_the_command_line_trains(tmp_path):
+def test_a_regulariser_schedule_and_step_switches_from_the_command_line_reach_training(tmp_path, monkeypatch):
     """--jac-reg-every numbers the training steps across epochs (not the calls a config object has seen)."""
     tiny = ["--env", "GridMaze-v0", "--size", "7", "--planner", "id-vin", "--l-h", "4", "--l-q", "4"]
     tiny += ["--train", "8", "--val", "4", "--test", "4", "--threads", "1", "--no-gif", "--no-progress"]
+    due, built = [], []
+    original_due, original_make = implicit._jac_loss_due, imitate.make_planner
+    monkeypatch.setattr(implicit, "_jac_loss_due", lambda c, step: due.append(step) or original_due(c, step))
+    monkeypatch.setattr(imitate, "make_planner", lambda *a, **k: built.append(original_make(*a, **k)) or built[-1])
     report = imitate.main(
-        [*tiny, "--batch-size", "4", "--epochs", "2", "--jac-reg", "0.1", "--jac-reg-every", "3"]
-        + ["--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "data")]
+        [*tiny, "--batch-size", "4", "--epochs", "2", "--jac-reg", "0.1", "--jac-reg-every", "3", "--plain-steps"]
+        + ["--compile", "0", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "data")]
     )
     assert report["config"]["planner_kwargs"]["jac_reg_every"] == 3
+    training = [s for s in due if s is not None]
+    assert training[-4:] == [0, 1, 2, 3]  # two batches of 4 maps per epoch, numbered across the two epochs
+    assert [s for s in training[-4:] if s % 3 == 0] == [0, 3]
+    assert not built[-1].step.fused and built[-1].step.compile == "0"  # the step attributes reach the planner

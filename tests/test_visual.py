@@ -260,7 +260,7 @@ def test_truncated_view_store_is_refused(view_dataset, tmp_path):
     middle = slice(offset + length // 2, offset + length // 2 + 10)
     data[middle] = bytes(b ^ 0xFF for b in data[middle])  # map 0 damaged: every bit of ten bytes flipped
     train.write_bytes(bytes(data))
-    loaded, _ = datasets.load_dataset(copy, with_views=False)
+    loaded, _ = datasets.read_dataset(copy)
     store = view_store.load_views(copy, "train", loaded["train"].occupancy)
     with pytest.raises(datasets.DatasetError, match="map 0 is corrupt"):
         store[0]

@@ -99,7 +99,7 @@ def time_step(planner, maps: torch.Tensor, optimal: torch.Tensor, repeats: int =
     times = []
     for _ in range(repeats + 1):
         planner.zero_grad(set_to_none=True)
-        times.append(step_cost.timed_step(lambda: imitation_loss(planner(maps).logits, optimal), maps.device))
+        times.append(step_cost.timed_step(lambda: imitation_loss(planner(maps, step=0).logits, optimal), maps.device))
     forward, backward = np.median(np.array(times[1:]), axis=0)
     return 1e3 * float(forward), 1e3 * float(backward)
 
@@ -109,7 +109,7 @@ def measure_step_times(sweep: Sweep, device: torch.device) -> list[dict]:
     (true maps: a mapper's cost does not grow with K); cached in the report folder."""
     from idp_agents.planner_input import task_tensors
     from idp_agents.policy import PlannerPolicy
-    from idp_envs.datasets import load_dataset
+    from idp_envs.datasets import read_dataset
 
     cache = sweep.report_dir() / "step_times.csv"
     rows = {}
@@ -122,7 +122,7 @@ def measure_step_times(sweep: Sweep, device: torch.device) -> list[dict]:
         if key in rows or run_status(run_dir) != "done":
             continue
         report = json.loads((run_dir / "test_report.json").read_text())
-        splits, _ = load_dataset(report["dataset"], with_views=False)
+        splits, _ = read_dataset(report["dataset"])
         batch = dict(spec.settings).get("batch_size", RunConfig.batch_size)
         tensors = task_tensors(splits["test"].subset(slice(0, batch)), device)
         planner = PlannerPolicy.load(run_dir / "best.pt", device).planner

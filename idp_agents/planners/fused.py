@@ -13,7 +13,8 @@ plain_steps(planner):``) forces the plain conv-then-max path. ConvGPPN's in-plac
 only when autograd is off; VIN's tap max also computes the forward of its training step, inside ``bellman_max``
 (whose backward is its own, see there). ``step.compile`` chooses torch.compile for the fused kernels: ``auto``
 (default) compiles on CUDA only, because on the 2-core AVX2 CPU it measured no faster than the eager fused kernels;
-``1`` compiles everywhere; ``0`` never. A compilation failure falls back to the eager kernel with a warning.
+``1`` compiles everywhere; ``0`` never. A compilation failure falls back to the eager kernel with a warning, and
+that kernel then stays eager for the rest of the process.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ CHUNK_BYTES = 2**21  # a block of Q this size stays in cache between the matmul 
 def plain_steps(*modules: torch.nn.Module) -> Iterator[None]:
     """Run the block with the steps in ``modules`` (planners or steps) on their plain (reference) path."""
     steps = [m for module in modules for m in module.modules() if hasattr(m, "fused")]
+    if not steps:
+        raise ValueError("plain_steps needs the planners (or steps) to switch: plain_steps(planner)")
     previous = [step.fused for step in steps]
     for step in steps:
         step.fused = False

@@ -1,5 +1,6 @@
 """The packages' layers (docs/design.md, "Layout"): imports point one way and no module imports itself back, not even
-through an import inside a function."""
+through an import inside a function. A package's own __init__ importing its submodules is not counted as an edge
+from those submodules (Python runs it first either way, and no submodule here reads names from it)."""
 
 import ast
 from pathlib import Path

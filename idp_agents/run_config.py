@@ -15,11 +15,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from idp_agents.config_fields import flag_of, of_type, optional_float, setting, value_type
 from idp_agents.epochs import LR_SCHEDULES
 from idp_agents.fixed_point_config import DIVERGENCE_POLICIES, FORWARD_DTYPES, GRADIENTS, FixedPointConfig
 from idp_agents.planners import FIXED_POINT_KEYS, PLANNERS, step_hyperparameters
@@ -27,29 +27,6 @@ from idp_agents.planners.convgppn import CELLS
 from idp_agents.planners.fused import COMPILE_CHOICES
 from idp_agents.planners.symvin import GROUP_ORDERS
 from idp_agents.solvers import SOLVERS
-
-
-def optional_float(text: str) -> float | None:
-    """A float flag that also takes 'none'."""
-    return None if text.lower() == "none" else float(text)
-
-
-def value_type(annotation) -> type:
-    """int for ``int | None``, and so on."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if isinstance(annotation, types.UnionType) else annotation
-
-
-def of_type(value, expected: type) -> bool:
-    """Whether ``value`` is a ``expected`` (an int is a float; a bool is neither an int nor a float)."""
-    if expected is bool or isinstance(value, bool):
-        return expected is bool and isinstance(value, bool)
-    return isinstance(value, (int, float)) if expected is float else isinstance(value, expected)
-
-
-def setting(default, help: str = "", **metadata):
-    """A RunConfig field: its default, its help line and the metadata listed in the module docstring."""
-    return field(default=default, metadata={"help": help, **metadata})
 
 
 def planner_setting(key: str, help: str, **metadata):
@@ -351,20 +328,6 @@ FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 STEP_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata.get("step"))
 # a FixedPointConfig setting -> the RunConfig field that sets it
 FIELD_OF_FIXED_POINT = {f.metadata["fixed_point"]: f.name for f in FIELDS.values() if f.metadata.get("fixed_point")}
-
-
-def flag_of(f: dataclasses.Field) -> str:
-    """The option string that names a field in messages: its first flag."""
-    return option_strings(f)[0]
-
-
-def option_strings(f: dataclasses.Field) -> tuple[str, ...]:
-    if f.metadata.get("flags"):
-        return f.metadata["flags"]
-    name = f.name.replace("_", "-")
-    if f.type in ("bool", bool) and f.default:
-        return (f"--no-{name}",)
-    return (f"--{name}",)
 
 
 FLAG_OF_FIXED_POINT = {key: flag_of(FIELDS[name]) for key, name in FIELD_OF_FIXED_POINT.items()}

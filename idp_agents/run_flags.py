@@ -9,7 +9,8 @@ import json
 import typing
 from pathlib import Path
 
-from idp_agents.run_config import RunConfig, option_strings, value_type
+from idp_agents.config_fields import option_strings, value_type
+from idp_agents.run_config import RunConfig
 from idp_envs.files import atomic_write
 
 # settings a resumed run may change: where and how it runs, how long, what it prints; every other field must match

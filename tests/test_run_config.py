@@ -6,9 +6,10 @@ import json
 import pytest
 
 from idp_agents import imitate, implicit
+from idp_agents.config_fields import setting
 from idp_agents.implicit import configured_solver
 from idp_agents.planners import FIXED_POINT_KEYS, make_planner
-from idp_agents.run_config import FIELD_OF_FIXED_POINT, RunConfig, setting
+from idp_agents.run_config import FIELD_OF_FIXED_POINT, RunConfig
 from idp_agents.run_flags import (
     CHANGEABLE_ON_RESUME,
     build_parser,

@@ -28,17 +28,37 @@ LR_SCHEDULES = ("constant", "cosine", "late-cosine")
 PROBE_MAPS = 8
 
 
+def batch_loss(phase: str, planner, mapper, data: dict, idx: torch.Tensor, map_loss_weight: float, step: int):
+    """One batch's loss for a training ``phase`` (see `epoch_phases`): (loss, the planner's output or None, and the
+    detached [loss, action accuracy, map accuracy] for the epoch's sums, 0 where the phase trains no planner or
+    mapper). ``idx`` indexes the split on the CPU (memory-mapped inputs are read by it); ``step`` numbers the training
+    step for the regularisers' schedule."""
+    dev_idx = idx.to(data["maps"].device)
+    optimal, true_maps = data["optimal_actions"][dev_idx], data["maps"][dev_idx]
+    loss, output, map_logits = 0.0, None, None
+    if phase in ("mapper", "joint"):
+        map_logits = mapper(batch_rows(data["mapper_input"], idx).to(true_maps.device))
+        loss = cspace_bce_loss(map_logits, true_maps[:, 0]) * (1.0 if phase == "mapper" else map_loss_weight)
+    if phase in ("planner", "joint"):
+        maps = true_maps if phase == "planner" else mapped_planner_maps(map_logits, data["goal"][dev_idx])
+        output = planner(maps, step=step)
+        loss = loss + planner_loss(output, optimal)
+    zero = true_maps.new_zeros((), dtype=torch.float32)
+    stats = torch.stack(
+        [
+            loss.detach(),
+            action_accuracy(output.logits.detach(), optimal) if output is not None else zero,
+            cspace_accuracy(map_logits.detach(), true_maps[:, 0]) if map_logits is not None else zero,
+        ]
+    )
+    return loss, output, stats
+
+
 def first_batch_step(planner, mapper, train: dict, batch_size: int) -> None:
     """One training step's forward and backward on the first batch (end to end through the mapper when there is
     one), without an optimizer step: what the memory budget measures."""
     idx = torch.arange(min(batch_size, len(train["maps"])))
-    optimal, true_maps = train["optimal_actions"][idx], train["maps"][idx]
-    maps, loss = true_maps, 0.0
-    if mapper is not None:
-        map_logits = mapper(batch_rows(train["mapper_input"], idx))
-        loss = cspace_bce_loss(map_logits, true_maps[:, 0])
-        maps = mapped_planner_maps(map_logits, train["goal"][idx])
-    loss = loss + planner_loss(planner(maps, step=0), optimal)
+    loss, _, _ = batch_loss("planner" if mapper is None else "joint", planner, mapper, train, idx, 1.0, step=0)
     loss.backward()
 
 
@@ -106,36 +126,18 @@ def train_epoch(
     bar = tqdm(range(0, n, settings.batch_size), desc=desc, disable=not settings.progress, leave=False)
     for i in bar:
         idx = order[i : i + settings.batch_size].sort().values  # sorted: memory-mapped inputs read in order
-        dev_idx = idx.to(data["maps"].device)
-        optimal, true_maps = data["optimal_actions"][dev_idx], data["maps"][dev_idx]
-        loss, logits, map_logits = 0.0, None, None
-        if phase in ("mapper", "joint"):
-            map_logits = mapper(batch_rows(data["mapper_input"], idx).to(true_maps.device))
-            loss = cspace_bce_loss(map_logits, true_maps[:, 0]) * (
-                1.0 if phase == "mapper" else settings.map_loss_weight
-            )
-        if phase in ("planner", "joint"):
-            maps = true_maps if phase == "planner" else mapped_planner_maps(map_logits, data["goal"][dev_idx])
-            output = planner(maps, step=epoch * math.ceil(n / settings.batch_size) + batches)
-            logits = output.logits
-            loss = loss + planner_loss(output, optimal)
+        step = epoch * math.ceil(n / settings.batch_size) + batches
+        loss, output, stats = batch_loss(phase, planner, mapper, data, idx, settings.map_loss_weight, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if logits is not None:
+        if output is not None:
             solves.add(output.info)
         if settings.clip:
             params = [p for group in optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, settings.clip)
         optimizer.step()
         batches += 1
-        zero = sums.new_zeros(())
-        sums += torch.stack(
-            [
-                loss.detach(),
-                action_accuracy(logits.detach(), optimal) if logits is not None else zero,
-                cspace_accuracy(map_logits.detach(), true_maps[:, 0]) if map_logits is not None else zero,
-            ]
-        )
+        sums += stats
         if settings.progress and batches % 10 == 0:
             mean_loss, mean_accuracy, _ = (sums / batches).tolist()
             seen = min(i + settings.batch_size, n)

@@ -19,11 +19,12 @@ def planner_maps(occupancy: Tensor, goal: Tensor) -> Tensor:
     if occupancy.ndim != 3:
         raise ValueError(f"occupancy must be (B, H, W) maps, got shape {tuple(occupancy.shape)}")
     b, h, w = occupancy.shape
-    goal = goal.to(occupancy.device, torch.long)
     if goal.shape != (b, 2):
         raise ValueError(f"goal must have shape ({b}, 2) (row, col), got {tuple(goal.shape)}")
-    if goal.device.type == "cpu" and ((goal < 0) | (goal >= goal.new_tensor([h, w]))).any():  # no host read on CUDA
+    # checked where the goal is given on the CPU (observations, datasets); a goal already on a GPU is not read back
+    if goal.device.type == "cpu" and ((goal < 0) | (goal >= goal.new_tensor([h, w]))).any():
         raise ValueError(f"goal cells outside the {h}x{w} map: {goal.tolist()}")
+    goal = goal.to(occupancy.device, torch.long)
     occupancy = occupancy if occupancy.is_floating_point() else occupancy.float()
     goal_map = torch.zeros_like(occupancy)
     goal_map[torch.arange(b, device=goal.device), goal[:, 0], goal[:, 1]] = 1.0
